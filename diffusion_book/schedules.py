@@ -88,6 +88,7 @@ def _q_sample(self, x0: torch.Tensor,  # (B, …) clean data
               generator: torch.Generator | None = None,
               ) -> torch.Tensor:
     "A draw x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε from q(x_t | x_0) (Ho et al. 2020, Eq. 4)."
+    check_tensor(x0, "x0", min_ndim=1, floating=True)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     elif noise.shape != x0.shape:
