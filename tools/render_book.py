@@ -42,7 +42,7 @@ import nbformat
 import yaml
 from markupsafe import Markup
 from nbconvert.filters.ansi import ansi2html
-from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
+from nbconvert.filters.markdown_mistune import MISTUNE_V3, IPythonRenderer, MarkdownWithMath
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
@@ -63,6 +63,7 @@ class BookError(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 
 _TAG = re.compile(r"<[^>]+>")
+_TAG_ANCHOR = re.compile(r'<a class="anchor-link"[^>]*>.*?</a>')
 
 
 def strip_tags(s: str) -> str:
@@ -185,9 +186,10 @@ class BookRenderer(IPythonRenderer):
         m = re.match(r"^(?![a-z][a-z0-9+.-]*:|/)([^#?]*?)([^/#?]+)\.(ipynb|qmd)([#?].*)?$", url, re.I)
         if not m:
             return url
-        stem = m.group(2)
-        target = self.ctx.link_map.get(stem, f"{stem}.html")
-        return target + (m.group(4) or "")
+        folder, stem, rest = m.group(1), m.group(2), m.group(4) or ""
+        if stem in self.ctx.link_map:  # another chapter: all pages sit side by side in the book folder
+            return self.ctx.link_map[stem] + rest
+        return f"{folder}{stem}.html{rest}"
 
     def image(self, text: str, url: str, title: str | None = None) -> str:
         self.ctx.n_images += 1
@@ -368,6 +370,7 @@ class CellRenderer:
             self.lexer = get_lexer_by_name("python")
         self.formatter = HtmlFormatter(cssclass="highlight")
         self.n_errors = 0
+        self.asis = False  # set per cell from `#| output: asis`
 
     # --- outputs ------------------------------------------------------------------------------
     def output_html(self, out: dict, caption: str | None) -> str:
@@ -379,6 +382,8 @@ class CellRenderer:
                 text = "\n".join(l for l in text.split("\n") if not (_TQDM.search(l) or _TQDM_WARN.search(l)))
             if not text.strip():
                 return ""
+            if self.asis and name == "stdout":  # `#| output: asis`: printed text is markdown
+                return f'<div class="cell-output cell-output-asis">{render_markdown(text, self.ctx)}</div>'
             return f'<div class="cell-output cell-output-{name}"><pre>{ansi2html(text.rstrip())}</pre></div>'
         if kind == "error":
             self.n_errors += 1
@@ -389,6 +394,8 @@ class CellRenderer:
         if kind not in ("execute_result", "display_data"):
             return ""
         data = out.get("data", {})
+        if "application/vnd.jupyter.widget-view+json" in data:
+            return ""  # live widgets (e.g. tqdm.auto bars) cannot work in a static page
         meta = out.get("metadata", {}) or {}
         mime = next((m for m in MIME_ORDER if m in data), None)
         if mime is None:
@@ -417,12 +424,13 @@ class CellRenderer:
         return f'<div class="cell-output cell-output-display"><pre>{ansi2html(text)}</pre></div>'
 
     # --- cells --------------------------------------------------------------------------------
-    def code_cell(self, cell: dict, index: int) -> str:
+    def code_cell(self, cell: dict) -> str:
         d, code = parse_directives(_join(cell.get("source", "")))
         if _truthy(d.get("hide", False)) or not _truthy(d.get("include", True)):
             return ""
         show_code = _truthy(d.get("echo", True)) and bool(code.strip())
         show_output = d.get("output", True)
+        self.asis = str(show_output).lower() == "asis"
         outputs: list[str] = []
         if _truthy(show_output):
             cap = d.get("fig-cap")
@@ -550,7 +558,7 @@ def render_chapter(ch: Chapter, nb: nbformat.NotebookNode, ctx: PageContext) -> 
     cells = CellRenderer(ctx, lang)
     parts: list[str] = []
     front: dict = {}
-    for idx, cell in enumerate(nb.cells):
+    for cell in nb.cells:
         ctype = cell.get("cell_type")
         if ctype == "raw" and not front and re.match(r"^---\s*\n", _join(cell.get("source", ""))):
             try:
@@ -561,7 +569,7 @@ def render_chapter(ch: Chapter, nb: nbformat.NotebookNode, ctx: PageContext) -> 
         if ctype == "markdown":
             parts.append(cells.markdown_cell(cell))
         elif ctype == "code":
-            parts.append(cells.code_cell(cell, idx))
+            parts.append(cells.code_cell(cell))
         elif ctype == "raw":
             parts.append(cells.raw_cell(cell))
     body = "\n".join(p for p in parts if p)
@@ -615,8 +623,10 @@ def write_site_libs(out: Path, katex_dir: Path | None) -> None:
         shutil.copytree(katex_dir / "fonts", dest / "fonts")
 
 
-def clean_out(out: Path) -> None:
+def clean_out(out: Path, config_dir: Path) -> None:
     """Remove what a previous run of this script wrote (pages, figures, site_libs, manifest) only."""
+    if out.resolve() == config_dir or (out / ".git").exists() or (out / "_quarto.yml").exists():
+        raise BookError(f"refusing to render into {out}: it looks like a project folder, not an output folder")
     if not out.exists():
         out.mkdir(parents=True)
         return
@@ -642,7 +652,7 @@ def build(config: Path, src: Path, out: Path, katex_dir: Path | None, numbering:
         raise BookError("two chapters map to the same page name: " + ", ".join(c.out_name for c in chapters))
     link_map = {c.stem: c.out_name for c in chapters}
 
-    clean_out(out)
+    clean_out(out, config_dir)
     write_site_libs(out, katex_dir)
 
     warnings: list[str] = []
@@ -693,9 +703,6 @@ def build(config: Path, src: Path, out: Path, katex_dir: Path | None, numbering:
     return manifest
 
 
-_TAG_ANCHOR = re.compile(r'<a class="anchor-link"[^>]*>.*?</a>')
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -708,6 +715,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--numbering", choices=("prefix", "sequential"), default="prefix",
                     help="chapter numbers from the file-name prefix (02_x -> 2, default) or 1, 2, 3 in order")
     args = ap.parse_args(argv)
+    if not MISTUNE_V3:
+        print("render_book: error: needs mistune>=3 (nbconvert's markdown renderer); "
+              "`pip install 'mistune>=3'`", file=sys.stderr)
+        return 1
 
     katex_dir = None
     if not args.no_katex:

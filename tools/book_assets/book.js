@@ -10,6 +10,7 @@
     jsErrors.push(String((e && e.message) || e) + (e && e.filename ? " @ " + e.filename.split("/").pop() + ":" + e.lineno : ""));
   });
 
+  var ERROR_COLOR = "#cc0011", ERROR_RGB = "rgb(204, 0, 17)";
   var mathDone = false;
   function typeset() {
     if (typeof window.renderMathInElement !== "function") return;
@@ -29,6 +30,7 @@
       ignoredTags: ["script", "noscript", "style", "textarea", "pre", "code", "option"],
       ignoredClasses: ["nomath"],
       throwOnError: false,           // bad TeX shows as a red .katex-error span (the checker reports it)
+      errorColor: ERROR_COLOR,       // unknown commands are drawn in this colour (the checker finds them by it)
       macros: {},                    // one object for the page: \newcommand persists across cells
       globalGroup: true
     });
@@ -75,7 +77,10 @@
       katex_display: document.querySelectorAll(".katex-display").length,
       katex_errors: Array.prototype.slice.call(document.querySelectorAll(".katex-error"), 0, 20).map(function (e) {
         return (e.getAttribute("title") || "") + " :: " + e.textContent.slice(0, 80);
-      }),
+      }).concat(Array.prototype.slice.call(
+        document.querySelectorAll('.katex-html .text[style*="' + ERROR_RGB + '"]'), 0, 20).map(function (e) {
+        return "unknown command " + e.textContent.slice(0, 60);
+      })),
       raw_dollars: snippets(/\$/),
       raw_tex_delims: snippets(/\\\(|\\\)|\\\[|\\\]|\\begin\{/),
       images: imgs.map(function (img) {

@@ -1,0 +1,273 @@
+"""Tests for the offline book renderer (tools/render_book.py) and its browser check (tools/check_book.py).
+
+A tiny fake book (a `_quarto.yml` and two notebooks with hand-made outputs) is built in tmp_path, so
+these tests need no kernel and no network.  The HTML checks always run; the KaTeX check needs the
+vendored copy (`python tools/vendor_katex.py`) and the browser check also needs `chromium`; they are
+skipped when those are missing.
+"""
+
+import base64
+import importlib.util
+import json
+import re
+import shutil
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+REPO = Path(__file__).resolve().parent.parent
+KATEX = REPO / "_build" / "vendor" / "katex"
+
+
+def _load(name):
+    """Import tools/<name>.py by path (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_book_tools_{name}", REPO / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses need the module registered while it executes
+    spec.loader.exec_module(mod)
+    return mod
+
+
+render_book = _load("render_book")
+check_book = _load("check_book")
+
+
+def tiny_png(w=4, h=3):
+    """A valid w x h grey PNG, built by hand (no imaging library needed)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    raw = b"".join(b"\x00" + bytes([128] * w) for _ in range(h))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+INLINE_MATH = r"$\bar\alpha_t = \prod_{s=1}^t \alpha_s$"
+DISPLAY_MATH = "$$\nq(x_t \\mid x_0) = \\mathcal{N}(x_t; \\sqrt{\\bar\\alpha_t}\\, x_0, (1-\\bar\\alpha_t)\\mathbf{I})\n$$"
+CASES_MATH = "$$\n\\beta_t = \\begin{cases} a_1 & t<2 \\\\ b_2 & \\text{else} \\end{cases}\n$$"
+
+
+def make_book(root: Path) -> Path:
+    """Write a fake book under `root`; return the path of its _quarto.yml."""
+    (root / "nbs").mkdir(parents=True)
+    (root / "_build" / "executed").mkdir(parents=True)
+    (root / "_quarto.yml").write_text(
+        "project:\n  type: book\n  output-dir: _book\n"
+        "book:\n  title: \"Tiny book\"\n  subtitle: \"A test\"\n  chapters:\n"
+        "    - nbs/index.ipynb\n    - nbs/02_forward_process.ipynb\n")
+
+    index = new_notebook(cells=[
+        new_markdown_cell("# Tiny book\n\n> A book for the tests.\n\n"
+                          "Data are $x_0 \\sim q(x_0)$; see [the forward process](02_forward_process.ipynb#closed-form)."),
+        new_code_cell("print('hello from index')",
+                      outputs=[new_output("stream", name="stdout", text="hello from index\n")]),
+    ])
+    png = tiny_png()
+    fwd = new_notebook(cells=[
+        new_markdown_cell("# The forward process\n\n> Noise, step by step.\n\n## Closed form\n\n"
+                          f"With {INLINE_MATH} we get\n\n{DISPLAY_MATH}\n\nand a_b_c, *emphasis*, a price of \\$5.\n\n"
+                          f"{CASES_MATH}"),
+        new_code_cell("#| default_exp forward"),
+        new_code_cell("#| hide\nSECRET_HIDDEN = 1"),
+        new_code_cell("#| export\ndef alpha_bar(betas):\n    \"Cumulative product of 1 - beta.\"\n    return betas"),
+        new_code_cell("#| echo: false\nprint('ECHO_FALSE_CODE')",
+                      outputs=[new_output("stream", name="stdout", text="only the output\n")]),
+        new_code_cell("#| output: false\nprint('OUTPUT_FALSE_CODE')",
+                      outputs=[new_output("stream", name="stdout", text="OUTPUT_FALSE_TEXT\n")]),
+        new_code_cell("#| include: false\nINCLUDE_FALSE = 1"),
+        new_markdown_cell("## A figure"),
+        new_code_cell("#| fig-cap: \"The schedule $\\\\bar\\\\alpha_t$.\"\nplot()", outputs=[
+            new_output("stream", name="stderr", text="\r  0%|          | 0/9 [00:00<?, ?it/s]\r100%|##########| 9/9 [00:00<00:00, 99.1it/s]\n"),
+            new_output("display_data", data={"image/png": base64.b64encode(png).decode(), "text/plain": "<Figure>"}),
+        ]),
+        new_code_cell("1/0", outputs=[new_output("error", ename="ZeroDivisionError", evalue="division by zero",
+                                                 traceback=["ZeroDivisionError: division by zero"])]),
+        new_code_cell("x = 2\nx", outputs=[new_output("execute_result", data={"text/plain": "2"}, execution_count=1)]),
+    ])
+    for nb in (index, fwd):
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    # the committed copies carry no outputs; the renderer must read the executed ones
+    for name, nb in (("index", index), ("02_forward_process", fwd)):
+        nbformat.write(nb, root / "_build" / "executed" / f"{name}.ipynb")
+        bare = nbformat.from_dict(json.loads(nbformat.writes(nb)))
+        for c in bare.cells:
+            if c.cell_type == "code":
+                c.outputs = []
+        nbformat.write(bare, root / "nbs" / f"{name}.ipynb")
+    return root / "_quarto.yml"
+
+
+def render(root: Path, *extra: str) -> int:
+    return render_book.main(["--config", str(root / "_quarto.yml"), "--src", str(root / "_build" / "executed"),
+                             "--out", str(root / "_book"), *extra])
+
+
+@pytest.fixture(scope="module")
+def plain_book(tmp_path_factory):
+    """The fake book rendered without KaTeX (pure HTML checks)."""
+    root = tmp_path_factory.mktemp("plain")
+    make_book(root)
+    assert render(root, "--no-katex") == 0
+    return root / "_book"
+
+
+def page(book: Path, name: str) -> str:
+    return (book / name).read_text(encoding="utf-8")
+
+
+def main_of(html: str) -> str:
+    return html.split('<main id="content"', 1)[1].split("</main>", 1)[0]
+
+
+def test_pages_and_manifest(plain_book):
+    assert (plain_book / "index.html").is_file() and (plain_book / "02_forward_process.html").is_file()
+    manifest = json.loads((plain_book / "book.json").read_text())
+    assert [c["file"] for c in manifest["chapters"]] == ["index.html", "02_forward_process.html"]
+    assert manifest["chapters"][1]["title"] == "The forward process"
+    assert manifest["chapters"][1]["number"] == "2"
+    assert (plain_book / "site_libs" / "book.css").is_file() and (plain_book / "site_libs" / "pygments.css").is_file()
+
+
+def test_directives(plain_book):
+    body = main_of(page(plain_book, "02_forward_process.html"))
+    assert "SECRET_HIDDEN" not in body                     # #| hide drops the cell
+    assert "#|" not in body and "#| export" not in body    # directive lines are stripped from shown code
+    assert "alpha_bar" in body                             # ...but exported code stays visible
+    assert "default_exp" not in body and "forward" not in body.split("alpha_bar")[0].split("Closed form")[-1].split("</p>")[-1]
+    assert "ECHO_FALSE_CODE" not in body and "only the output" in body   # #| echo: false
+    assert "OUTPUT_FALSE_CODE" in body and "OUTPUT_FALSE_TEXT" not in body  # #| output: false
+    assert "INCLUDE_FALSE" not in body                     # #| include: false
+    assert "In&nbsp;[" not in body and "In [" not in body  # no prompts
+
+
+def test_math_reaches_page_intact(plain_book):
+    body = main_of(page(plain_book, "02_forward_process.html"))
+    assert INLINE_MATH in body
+    assert "\\mathcal{N}(x_t; \\sqrt{\\bar\\alpha_t}\\, x_0, (1-\\bar\\alpha_t)\\mathbf{I})" in body
+    assert body.count("$$") == 4
+    # `\\` and `&` / `<` inside math survive (the latter HTML-escaped, which the browser undoes)
+    assert "a_1 &amp; t&lt;2 \\\\ b_2" in body
+    prose = body.replace('<span class="nomath">$</span>', "")
+    for para in re.findall(r"<p>(.*?)</p>", prose, re.S):   # markdown never touched the inside of math
+        for math in re.findall(r"\$\$?(.+?)\$\$?", para, re.S):
+            assert "<em>" not in math and "<strong>" not in math and "&#92;" not in math, math
+    assert "a_b_c" in body and "<em>emphasis</em>" in body
+    assert '<span class="nomath">$</span>5' in body        # an escaped dollar is protected from auto-render
+
+
+def test_figure_and_outputs(plain_book):
+    body = main_of(page(plain_book, "02_forward_process.html"))
+    fig = plain_book / "figures" / "02_forward_process-1.png"
+    assert fig.read_bytes() == tiny_png()
+    assert '<img src="figures/02_forward_process-1.png"' in body
+    assert "<figcaption>The schedule $\\bar\\alpha_t$.</figcaption>" in body
+    assert "it/s" not in body                              # tqdm progress bars on stderr are dropped
+    assert "ZeroDivisionError" in body and "division by zero" in body
+    assert "<pre>2</pre>" in body
+
+
+def test_navigation(plain_book):
+    idx, fwd = page(plain_book, "index.html"), page(plain_book, "02_forward_process.html")
+    for html in (idx, fwd):
+        assert 'href="index.html"' in html and 'href="02_forward_process.html"' in html
+        assert "Rendered offline by tools/render_book.py from executed notebooks" in html
+        assert not re.search(r'(href|src)="(https?:)?//', html)  # everything relative, nothing from a CDN
+    assert re.search(r'<li class="current"><a href="02_forward_process.html"', fwd)
+    assert 'class="prev" href="index.html"' in fwd and 'class="next" href="02_forward_process.html"' in idx
+    assert '<a href="02_forward_process.html#closed-form">' in idx   # .ipynb links point at the pages
+    assert 'href="#closed-form"' in fwd and 'id="closed-form"' in fwd  # TOC entry and its anchor
+    assert '<span class="chapter-number">2</span>' in fwd
+
+
+def test_parse_directives():
+    d, code = render_book.parse_directives("#| export\n#|hide\n#| fig-cap: \"A $x$\"\n#| echo: false\n"
+                                           "#| default_exp core\nx = 1  #| hide_line\ny = 2")
+    assert d == {"export": True, "hide": True, "fig-cap": "A $x$", "echo": False, "default_exp": "core"}
+    assert code == "y = 2"
+
+
+def test_markdown_extras(tmp_path):
+    ctx = render_book.PageContext("t", tmp_path, [], {"02_forward_process": "02_forward_process.html"})
+    out = render_book.render_markdown(
+        "## Setup {#sec-setup .unnumbered}\n\n::: {.callout-note}\n## Why $\\bar\\alpha_t$?\nBecause.\n:::\n\n"
+        "[next](02_forward_process.ipynb#closed-form) and [other](sub/x.ipynb)", ctx)
+    assert '<h2 id="sec-setup" class="unnumbered">Setup' in out and "{#sec-setup" not in out
+    assert '<div class="callout callout-note"><div class="callout-title">Why $\\bar\\alpha_t$?</div>' in out
+    assert 'href="02_forward_process.html#closed-form"' in out and 'href="sub/x.html"' in out
+    assert [h.id for h in ctx.headings] == ["sec-setup"]
+
+
+def test_refuses_to_render_into_the_project(tmp_path, capsys):
+    make_book(tmp_path)
+    assert render_book.main(["--config", str(tmp_path / "_quarto.yml"), "--src", str(tmp_path / "_build" / "executed"),
+                             "--out", str(tmp_path), "--no-katex"]) == 1
+    assert "refusing" in capsys.readouterr().err
+    assert (tmp_path / "_quarto.yml").is_file()
+
+
+def test_missing_executed_copy_is_a_clear_error(tmp_path, capsys):
+    make_book(tmp_path)
+    (tmp_path / "_build" / "executed" / "02_forward_process.ipynb").unlink()
+    assert render(tmp_path, "--no-katex") == 1
+    err = capsys.readouterr().err
+    assert "nbs/02_forward_process.ipynb" in err and "make book" in err
+
+
+def test_missing_katex_is_a_clear_error(tmp_path, capsys):
+    make_book(tmp_path)
+    assert render(tmp_path, "--katex", str(tmp_path / "no-katex-here")) == 1
+    assert "vendor_katex.py" in capsys.readouterr().err
+
+
+needs_katex = pytest.mark.skipif(not (KATEX / "katex.min.js").is_file(),
+                                 reason="KaTeX not vendored (run: python tools/vendor_katex.py)")
+needs_chromium = pytest.mark.skipif(check_book.find_chromium() is None,
+                                    reason="chromium not installed (apt-get install -y chromium)")
+
+
+@pytest.fixture(scope="module")
+def katex_book(tmp_path_factory):
+    if not (KATEX / "katex.min.js").is_file():
+        pytest.skip("KaTeX not vendored (run: python tools/vendor_katex.py)")
+    root = tmp_path_factory.mktemp("katex")
+    make_book(root)
+    assert render(root, "--katex", str(KATEX)) == 0
+    return root / "_book"
+
+
+@needs_katex
+def test_local_katex_is_linked_relatively(katex_book):
+    libs = katex_book / "site_libs" / "katex"
+    assert (libs / "katex.min.js").is_file() and (libs / "contrib" / "auto-render.min.js").is_file()
+    assert any((libs / "fonts").glob("*.woff2"))
+    html = page(katex_book, "02_forward_process.html")
+    assert '<script src="site_libs/katex/katex.min.js">' in html
+    assert '<link rel="stylesheet" href="site_libs/katex/katex.min.css">' in html
+
+
+@needs_katex
+@needs_chromium
+def test_browser_check_passes_and_screenshots(katex_book, tmp_path, capsys):
+    shot = tmp_path / "shot.png"
+    rc = check_book.main([str(katex_book), "--screenshot", str(shot), "--screenshot-page", "02_forward_process.html"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert re.search(r"PASS\s+02_forward_process.html\s+math=(\d+)", out)
+    assert int(re.search(r"02_forward_process.html\s+math=(\d+)", out).group(1)) >= 4
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_katex
+@needs_chromium
+def test_browser_check_catches_problems(katex_book, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(katex_book, bad)
+    p = bad / "index.html"
+    p.write_text(p.read_text().replace("</main>", "<p>stray $ sign</p><p>$\\frac{1}$</p><img src=\"figures/nope.png\"></main>"))
+    assert check_book.main([str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  index.html" in out and "raw $" in out and "KaTeX error" in out and "nope.png" in out
