@@ -1,0 +1,244 @@
+"""Our U-Net + DDPM against HF diffusers' UNet2DModel + DDPMScheduler, on the same data and budget, in one run.
+
+Both sides get the same data, batch size, optimizer (AdamW), learning-rate warm-up, gradient clipping, EMA, the
+same random batches/steps/noise (one seed), a parameter count within ±10 %, and either the same number of
+training steps (`--steps`, the SMALL/CPU comparison of issue 5) or the same wall-clock budget (`--seconds`, the
+GPU comparison of issue 9). Each side trains and samples in its own subprocess, so its peak memory is its own.
+Samples start from the same initial noise and are scored by chapter 06's metrics (`diffusion_book.metrics`).
+
+    python bench/ddpm_vs_diffusers.py --smoke                       # seconds, any machine: checks the plumbing
+    python bench/ddpm_vs_diffusers.py --data digits --steps 3000    # SMALL, CPU
+    python bench/ddpm_vs_diffusers.py --data fashion_mnist --seconds 210 --device cuda   # FULL, one GPU
+
+It prints both sides and the ratios, and writes `--out` (JSON, PNG grids, samples as uint8 .npz per side).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------- configurations
+def settings(args) -> dict:
+    "Model and training settings shared by both sides."
+    if args.data == "digits":
+        ours = dict(preset="small")
+        theirs = dict(sample_size=8, block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8,
+                      attention_head_dim=32,
+                      down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                      up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+        train = dict(batch_size=128, lr=1e-3, warmup=100, ema_decay=0.999, grad_clip=1.0)
+    else:  # 28×28 Fashion-MNIST / MNIST: the FULL preset vs the reference configuration of issue 9
+        ours = dict(preset="full")
+        theirs = dict(sample_size=28, block_out_channels=(64, 128, 256), layers_per_block=2, norm_num_groups=32,
+                      attention_head_dim=64,
+                      down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                      up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+        train = dict(batch_size=256, lr=4e-4, warmup=500, ema_decay=0.9995, grad_clip=1.0)
+    if args.smoke:
+        ours = dict(preset="small", overrides=dict(base_channels=16, num_groups=4, head_channels=16))
+        theirs.update(block_out_channels=(16, 32, 32), norm_num_groups=4, attention_head_dim=16)
+        train.update(batch_size=16, warmup=2)
+    return dict(ours=ours, theirs=theirs, train=train)
+
+
+def load_data(name: str, smoke: bool):
+    from diffusion_book.data import load_image_dataset
+    x, y = load_image_dataset(name, "train")
+    xt, yt = load_image_dataset(name, "test")
+    if smoke and name != "digits":
+        x, y, xt, yt = x[:512], y[:512], xt[:256], yt[:256]
+    return x, y, xt, yt
+
+
+def build(side: str, cfg: dict, device):
+    if side == "ours":
+        from diffusion_book.models.unet import UNET_PRESETS, UNet
+        return UNet(UNET_PRESETS[cfg["ours"]["preset"]](**cfg["ours"].get("overrides", {}))).to(device)
+    from diffusers import UNet2DModel
+    return UNet2DModel(in_channels=1, out_channels=1, **cfg["theirs"]).to(device)
+
+
+def n_params(m) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- one side
+def run_side(side: str, args) -> dict:
+    "Train and sample one side; called in a subprocess. Returns a JSON-ready record."
+    from diffusion_book.ddpm import EMA, TrainConfig, ddpm_sample, make_train_state, train_ddpm
+    from diffusion_book.schedules import linear_beta_schedule
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    cfg = settings(args)
+    x, _, _, _ = load_data(args.data, args.smoke)
+    schedule = linear_beta_schedule(1000)
+    model = build(side, cfg, device)
+    net = model if side == "ours" else (lambda x_t, t, cond=None: model(x_t, t).sample)
+    tc = TrainConfig(steps=args.steps or 10**9, seed=args.seed, mixed_precision=device.type == "cuda", **cfg["train"])
+
+    class Wrapped(torch.nn.Module):  # the training loop calls model(x, t, cond)
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x_t, t, cond=None):
+            return net(x_t, t, cond)
+
+    state = make_train_state(Wrapped(model), tc)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    losses, t0, steps_done = [], time.perf_counter(), 0
+    for rec in train_ddpm(state, schedule, x, tc):
+        losses.append(rec["loss"])
+        steps_done = rec["step"]
+        if args.seconds and time.perf_counter() - t0 >= args.seconds:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    train_s = time.perf_counter() - t0
+    state.ema.copy_to(state.model)
+    state.model.eval()
+    g = torch.Generator(device).manual_seed(1234)
+    x_T = torch.randn(args.n_samples, *x.shape[1:], generator=g, device=device)
+    t1 = time.perf_counter()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        if side == "ours":
+            samples = ddpm_sample(lambda xt, t: state.model(xt, t), schedule, x_T, generator=g, clip_x0=(-1, 1))
+        else:
+            samples = diffusers_ddpm_sample(state.model, x_T, g)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    sample_s = time.perf_counter() - t1
+    return dict(side=side, params=n_params(model), steps=steps_done, train_seconds=train_s,
+                images_per_second=steps_done * tc.batch_size / train_s, final_loss=float(np.mean(losses[-50:])),
+                sample_seconds=sample_s, samples_per_second=args.n_samples / sample_s,
+                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                peak_cuda_mb=torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+                samples=samples.float().clamp(-1, 1).cpu())
+
+
+@torch.no_grad()
+def diffusers_ddpm_sample(model, x_T, generator):
+    "diffusers' own DDPM loop: DDPMScheduler (linear, fixed_small, clip_sample) stepping the same network."
+    from diffusers import DDPMScheduler
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                          variance_type="fixed_small", clip_sample=True)
+    sched.set_timesteps(1000)
+    x = x_T
+    for t in sched.timesteps:
+        eps = model(x, t.expand(len(x)).to(x.device))
+        x = sched.step(eps, t, x, generator=generator).prev_sample
+    return x
+
+
+# ---------------------------------------------------------------------------------------------- orchestration
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="digits", choices=["digits", "fashion_mnist", "mnist"])
+    ap.add_argument("--steps", type=int, default=None, help="equal number of training steps for both sides")
+    ap.add_argument("--seconds", type=float, default=None, help="equal wall-clock training budget instead")
+    ap.add_argument("--n-samples", type=int, default=None, help="samples per side (default: test-set size)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: check the plumbing in seconds")
+    ap.add_argument("--out", default=str(ROOT / "_build" / "bench" / "ddpm_vs_diffusers"))
+    ap.add_argument("--side", choices=["ours", "diffusers"], help=argparse.SUPPRESS)  # internal: one subprocess
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.steps = args.steps or 20
+        args.n_samples = args.n_samples or 16
+    if not args.steps and not args.seconds:
+        args.steps = 3000
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.side:  # child: run one side, save its record
+        rec = run_side(args.side, args)
+        torch.save(rec.pop("samples"), out / f"{args.side}_samples.pt")
+        (out / f"{args.side}.json").write_text(json.dumps(rec))
+        return 0
+    _, _, xt, yt = load_data(args.data, args.smoke)
+    args.n_samples = args.n_samples or len(xt)
+    recs = {}
+    for side in ("ours", "diffusers"):
+        cmd = [sys.executable, __file__, "--side", side, "--data", args.data, "--device", args.device,
+               "--seed", str(args.seed), "--n-samples", str(args.n_samples), "--out", str(out)]
+        cmd += ["--steps", str(args.steps)] if args.steps else ["--seconds", str(args.seconds)]
+        cmd += ["--smoke"] if args.smoke else []
+        print(f"[{side}] training and sampling ...", flush=True)
+        subprocess.run(cmd, check=True)
+        recs[side] = json.loads((out / f"{side}.json").read_text())
+        recs[side]["samples"] = torch.load(out / f"{side}_samples.pt")
+    score(recs, args, xt, yt, out)
+    return 0
+
+
+def score(recs, args, xt, yt, out):
+    from diffusion_book.data import load_image_dataset
+    from diffusion_book.metrics import evaluate_samples, get_evaluator
+    from diffusion_book.utils import show_images
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    evaluator = get_evaluator(args.data, verbose=False)
+    x_train, _ = load_image_dataset(args.data, "train")
+    ref = xt
+    floor = evaluate_samples(xt[: args.n_samples], evaluator, x_train, x_train) if not args.smoke else None
+    rows = {}
+    for side, r in recs.items():
+        m = evaluate_samples(r["samples"], evaluator, x_train, x_train)
+        r.update({k: m[k] for k in ("fd", "precision", "recall", "class_entropy", "nn_ratio_pixel")})
+        r["class_histogram"] = m["class_histogram"]
+        rows[side] = r
+        fig, ax = plt.subplots(figsize=(5, 5))
+        show_images(r["samples"][:100], nrow=10, ax=ax, title=f"{side}: DDPM-1000, {r['steps']} steps")
+        fig.savefig(out / f"grid_{side}.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        np.savez_compressed(out / f"samples_{side}.npz",
+                            ddpm1000=((r["samples"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
+    o, d = rows["ours"], rows["diffusers"]
+    lines = [f"device: {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU, ' + str(os.cpu_count()) + ' cores'}), "
+             f"data: {args.data}, budget: {f'{args.steps} steps' if args.steps else f'{args.seconds} s'}, N = {args.n_samples} samples",
+             f"{'':24s}{'ours':>12s}{'diffusers':>12s}{'ratio':>10s}"]
+    def row(name, key, fmt, better="higher"):
+        a, b = o[key], d[key]
+        ratio = (a / b if better == "higher" else b / a) if a and b else float("nan")
+        lines.append(f"{name:24s}{fmt.format(a):>12s}{fmt.format(b):>12s}{ratio:>9.2f}×")
+    row("parameters", "params", "{:,}")
+    row("training steps", "steps", "{:d}")
+    row("train images/s", "images_per_second", "{:.0f}")
+    row("sampling samples/s", "samples_per_second", "{:.1f}")
+    row("FD (lower better)", "fd", "{:.3f}", better="lower")
+    row("precision", "precision", "{:.3f}")
+    row("recall", "recall", "{:.3f}")
+    row("class entropy", "class_entropy", "{:.3f}")
+    row("peak RSS MB", "peak_rss_mb", "{:.0f}", better="lower")
+    if floor:
+        lines.append(f"FD floor (test vs train, N = {args.n_samples}): {floor['fd']:.3f}")
+    lines.append("ratios: >1 means ours is better (throughput, quality) or smaller (memory, FD)")
+    text = "\n".join(lines)
+    print(text)
+    (out / "results.txt").write_text(text + "\n")
+    summary = {s: {k: v for k, v in r.items() if k != "samples"} for s, r in rows.items()}
+    summary["floor_fd"] = floor["fd"] if floor else None
+    summary["args"] = vars(args)
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
