@@ -247,6 +247,13 @@ def train_classifier(model: nn.Module,  # the classifier, trained in place
 EVALUATOR_CONFIGS = {
     "digits": dict(version=1, dataset="digits", in_channels=1, image_size=8, num_classes=10, feature_dim=64,
                    width=16, dropout=0.2, epochs=12, batch_size=64, lr=2e-3, weight_decay=1e-4, seed=0),
+    # FULL scale (28×28): a wider net and a 128-d feature space; trained once on the CPU (all threads), so every
+    # machine, GPU or not, scores samples with the same evaluator.
+    "fashion_mnist": dict(version=1, dataset="fashion_mnist", in_channels=1, image_size=28, num_classes=10,
+                          feature_dim=128, width=16, dropout=0.2, epochs=4, batch_size=128, lr=2e-3,
+                          weight_decay=1e-4, seed=0, threads=None),
+    "mnist": dict(version=1, dataset="mnist", in_channels=1, image_size=28, num_classes=10, feature_dim=128,
+                  width=16, dropout=0.2, epochs=6, batch_size=128, lr=2e-3, weight_decay=1e-4, seed=0, threads=None),
 }
 _MODEL_KEYS = ("in_channels", "image_size", "num_classes", "feature_dim", "width", "dropout")
 
@@ -260,7 +267,8 @@ def _build_evaluator(config: dict) -> SmallClassifier:
 def _train_evaluator(model: SmallClassifier, config: dict) -> dict:
     x, y = load_image_dataset(config["dataset"], "train")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions: one thread is faster than several, and its sums run in one order
+    # tiny convolutions (8×8): one thread is faster than several, and its sums run in one order
+    torch.set_num_threads(config.get("threads", 1) or threads)
     try:
         return _train_evaluator_seeded(model, config, x, y)
     finally:
