@@ -9,6 +9,7 @@ Samples start from the same initial noise and are scored by chapter 06's metrics
     python bench/ddpm_vs_diffusers.py --smoke                       # seconds, any machine: checks the plumbing
     python bench/ddpm_vs_diffusers.py --data digits --steps 3000    # SMALL, CPU
     python bench/ddpm_vs_diffusers.py --data fashion_mnist --seconds 210 --device cuda   # FULL, one GPU
+    python bench/ddpm_vs_diffusers.py --data digits --memory        # peak memory per batch size, both sides
 
 It prints both sides and the ratios, and writes `--out` (JSON, PNG grids, samples as uint8 .npz per side).
 """
@@ -148,6 +149,55 @@ def diffusers_ddpm_sample(model, x_T, generator):
     return x
 
 
+def probe_memory(side: str, args) -> dict:
+    "Peak memory of a few training steps at batch `args.probe_batch` (one side, one subprocess)."
+    from diffusion_book.ddpm import TrainConfig, make_train_state, train_ddpm
+    from diffusion_book.schedules import linear_beta_schedule
+    device = torch.device(args.device)
+    cfg = settings(args)
+    x, _, _, _ = load_data(args.data, args.smoke)
+    model = build(side, cfg, device)
+    net = model if side == "ours" else (lambda x_t, t, cond=None: model(x_t, t).sample)
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x_t, t, cond=None):
+            return net(x_t, t, cond)
+
+    tc = TrainConfig(**{**cfg["train"], "batch_size": args.probe_batch}, steps=3, mixed_precision=device.type == "cuda")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for _ in train_ddpm(make_train_state(Wrapped(model), tc), linear_beta_schedule(1000), x, tc):
+        pass
+    return dict(side=side, batch=args.probe_batch,
+                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                peak_cuda_mb=torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None)
+
+
+def memory_table(args, out: Path):
+    "Peak RSS (CPU) or peak CUDA memory per batch size, both sides, each in a fresh subprocess."
+    rows = []
+    for b in [int(v) for v in args.memory_batches.split(",")]:
+        for side in ("ours", "diffusers"):
+            cmd = [sys.executable, __file__, "--side", side, "--probe-batch", str(b), "--data", args.data,
+                   "--device", args.device, "--out", str(out)] + (["--smoke"] if args.smoke else [])
+            subprocess.run(cmd, check=True)
+            rows.append(json.loads((out / f"probe_{side}_{b}.json").read_text()))
+    key = "peak_cuda_mb" if args.device.startswith("cuda") else "peak_rss_mb"
+    lines = [f"peak memory ({'CUDA' if key == 'peak_cuda_mb' else 'process RSS'}, MB) per batch size, "
+             f"3 training steps, data {args.data}", f"{'batch':>8s}{'ours':>10s}{'diffusers':>11s}{'ratio':>8s}"]
+    for b in sorted({r["batch"] for r in rows}):
+        o, d = (next(r[key] for r in rows if r["batch"] == b and r["side"] == s) for s in ("ours", "diffusers"))
+        lines.append(f"{b:8d}{o:10.0f}{d:11.0f}{d / o:7.2f}×")
+    text = "\n".join(lines)
+    print(text)
+    (out / "memory.txt").write_text(text + "\n")
+    (out / "memory.json").write_text(json.dumps(rows, indent=2))
+
+
 # ---------------------------------------------------------------------------------------------- orchestration
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,7 +209,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: check the plumbing in seconds")
     ap.add_argument("--out", default=str(ROOT / "_build" / "bench" / "ddpm_vs_diffusers"))
+    ap.add_argument("--memory", action="store_true", help="only measure peak memory per batch size")
+    ap.add_argument("--memory-batches", default="32,64,128,256", help="batch sizes for --memory")
     ap.add_argument("--side", choices=["ours", "diffusers"], help=argparse.SUPPRESS)  # internal: one subprocess
+    ap.add_argument("--probe-batch", type=int, help=argparse.SUPPRESS)  # internal: memory probe
     args = ap.parse_args(argv)
     if args.smoke:
         args.steps = args.steps or 20
@@ -168,6 +221,12 @@ def main(argv=None):
         args.steps = 1500 if args.data == "digits" else 3000
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.side and args.probe_batch:  # child: one memory probe
+        (out / f"probe_{args.side}_{args.probe_batch}.json").write_text(json.dumps(probe_memory(args.side, args)))
+        return 0
+    if args.memory:
+        memory_table(args, out)
+        return 0
     if args.side:  # child: run one side, save its record
         rec = run_side(args.side, args)
         torch.save(rec.pop("samples"), out / f"{args.side}_samples.pt")
