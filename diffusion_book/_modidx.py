@@ -283,6 +283,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                  'diffusion_book/schedules.py'),
                                           'diffusion_book.schedules._extract': ( 'forward_process.html#_extract',
                                                                                  'diffusion_book/schedules.py'),
+                                          'diffusion_book.schedules._noise_for': ( 'forward_process.html#_noise_for',
+                                                                                   'diffusion_book/schedules.py'),
                                           'diffusion_book.schedules._q_mean_var': ( 'forward_process.html#_q_mean_var',
                                                                                     'diffusion_book/schedules.py'),
                                           'diffusion_book.schedules._q_sample': ( 'forward_process.html#_q_sample',

@@ -73,6 +73,15 @@ NoiseSchedule._check_t = _check_t
 NoiseSchedule.extract = _extract
 
 # %% ../nbs/02_forward_process.ipynb #324b989a
+def _noise_for(x: torch.Tensor, noise: torch.Tensor | None, generator: torch.Generator | None, name: str = "x0"):
+    "The ε to use with `x`: the given `noise` (checked to match `x`'s shape), or a fresh draw from `generator`."
+    if noise is None:
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    if noise.shape != x.shape:
+        raise ValueError(f"noise must have the shape of {name} {tuple(x.shape)}, got {tuple(noise.shape)}.")
+    return noise
+
+
 def _q_mean_var(self, x0: torch.Tensor,  # (B, …) clean data
                 t: torch.Tensor,  # (B,) step indices
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,10 +98,7 @@ def _q_sample(self, x0: torch.Tensor,  # (B, …) clean data
               ) -> torch.Tensor:
     "A draw x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε from q(x_t | x_0) (Ho et al. 2020, Eq. 4)."
     check_tensor(x0, "x0", min_ndim=1, floating=True)
-    if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-    elif noise.shape != x0.shape:
-        raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(noise.shape)}.")
+    noise = _noise_for(x0, noise, generator)
     mean, var = self.q_mean_var(x0, t)
     return mean + var.sqrt() * noise
 
@@ -104,8 +110,7 @@ def _q_step_sample(self, x_prev: torch.Tensor,  # (B, …) the state before step
                    ) -> torch.Tensor:
     "One step of the chain: √(1 − β_t) x_{t−1} + √β_t ε (Ho et al. 2020, Eq. 2)."
     check_tensor(x_prev, "x_prev", min_ndim=1, floating=True)
-    if noise is None:
-        noise = torch.randn(x_prev.shape, generator=generator, dtype=x_prev.dtype, device=x_prev.device)
+    noise = _noise_for(x_prev, noise, generator, "x_prev")
     beta = self.extract("betas", t, x_prev)
     return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise
 

@@ -104,3 +104,9 @@ def test_bad_t_and_shapes():
         s.q_sample(torch.zeros(2, 3, dtype=torch.long), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="1 dimensions"):
         s.q_sample(x0, torch.zeros(2, 1, dtype=torch.long))
+
+
+def test_q_step_sample_checks_noise_shape():
+    s = linear_beta_schedule(10)
+    with pytest.raises(ValueError, match="shape of x_prev"):
+        s.q_step_sample(torch.zeros(2, 3), torch.tensor([0, 1]), noise=torch.zeros(2, 4))
