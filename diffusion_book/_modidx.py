@@ -73,6 +73,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'diffusion_book.ddpm.TrainState': ('ddpm.html#trainstate', 'diffusion_book/ddpm.py'),
                                      'diffusion_book.ddpm._build_bundle': ('ddpm.html#_build_bundle', 'diffusion_book/ddpm.py'),
                                      'diffusion_book.ddpm._train_bundle': ('ddpm.html#_train_bundle', 'diffusion_book/ddpm.py'),
+                                     'diffusion_book.ddpm.book_ddpm_config': ('ddpm.html#book_ddpm_config', 'diffusion_book/ddpm.py'),
                                      'diffusion_book.ddpm.ddpm_sample': ('ddpm.html#ddpm_sample', 'diffusion_book/ddpm.py'),
                                      'diffusion_book.ddpm.load_checkpoint': ('ddpm.html#load_checkpoint', 'diffusion_book/ddpm.py'),
                                      'diffusion_book.ddpm.make_train_state': ('ddpm.html#make_train_state', 'diffusion_book/ddpm.py'),

@@ -24,7 +24,8 @@ from .utils import check_tensor
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'TrainConfig', 'EMA', 'TrainState', 'make_train_state', 'train_ddpm', 'save_checkpoint',
-           'read_checkpoint', 'load_checkpoint', 'ddpm_sample', 'MLPDenoiser', 'DDPMBundle', 'pretrained_ddpm']
+           'read_checkpoint', 'load_checkpoint', 'ddpm_sample', 'MLPDenoiser', 'DDPMBundle', 'pretrained_ddpm',
+           'book_ddpm_config']
 
 # %% ../nbs/07_ddpm.ipynb #5da6810b
 @dataclass(frozen=True)
@@ -316,3 +317,19 @@ def pretrained_ddpm(config: dict,  # data, schedule, T, unet (UNetConfig dict), 
     bundle, record = load_or_train(_build_bundle, _train_bundle, config, "ddpm", retrain=retrain, verbose=verbose)
     bundle.requires_grad_(False)
     return bundle, record
+
+# %% ../nbs/07_ddpm.ipynb #f42401c7
+def book_ddpm_config(scale: str | None = None,  # "small" or "full"; None → `DIFFUSION_BOOK_SCALE`
+                     device: str | None = None,  # "cpu", "cuda", …; None → `get_device()`
+                     ) -> dict:
+    "The configuration of chapter 07's image DDPM: 8×8 digits (SMALL) or 28×28 Fashion-MNIST (FULL)."
+    from diffusion_book.models.unet import UNET_PRESETS
+    from diffusion_book.utils import by_scale, get_device
+    pick = lambda small, full: by_scale(small, full, scale=scale)
+    return dict(
+        version=1, seed=0, schedule="linear", T=1000, snapshots=3, device=device or get_device().type,
+        data=pick("digits", "fashion_mnist"),
+        unet=pick(UNET_PRESETS["small"](base_channels=16, head_channels=16),  # ~0.3 M parameters: minutes on 2 cores
+                  UNET_PRESETS["full"]()).to_dict(),
+        train=asdict(pick(TrainConfig(steps=1500, batch_size=128, lr=2e-3, warmup=100, ema_decay=0.995),
+                          TrainConfig(steps=6000, batch_size=256, lr=4e-4, warmup=500, ema_decay=0.9995))))
