@@ -82,7 +82,7 @@ def run_side(side: str, args) -> dict:
     "Train and sample one side; called in a subprocess. Returns a JSON-ready record."
     from diffusion_book.ddpm import EMA, TrainConfig, ddpm_sample, make_train_state, train_ddpm
     from diffusion_book.schedules import linear_beta_schedule
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)  # the initial weights; the seed also sets batches, noise and the sampling noise
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -116,7 +116,7 @@ def run_side(side: str, args) -> dict:
     train_s = time.perf_counter() - t0
     state.ema.copy_to(state.model)
     state.model.eval()
-    g = torch.Generator(device).manual_seed(1234)
+    g = torch.Generator(device).manual_seed(1234 + args.seed)
     x_T = torch.randn(args.n_samples, *x.shape[1:], generator=g, device=device)
     t1 = time.perf_counter()
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -207,6 +207,7 @@ def main(argv=None):
     ap.add_argument("--n-samples", type=int, default=None, help="samples per side (default: test-set size)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds: one full run per seed, then mean ± sd")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: check the plumbing in seconds")
     ap.add_argument("--out", default=str(ROOT / "_build" / "bench" / "ddpm_vs_diffusers"))
     ap.add_argument("--memory", action="store_true", help="only measure peak memory per batch size")
@@ -227,6 +228,8 @@ def main(argv=None):
     if args.memory:
         memory_table(args, out)
         return 0
+    if args.seeds:
+        return multi_seed(args, argv or sys.argv[1:], out)
     if args.side:  # child: run one side, save its record
         rec = run_side(args.side, args)
         torch.save(rec.pop("samples"), out / f"{args.side}_samples.pt")
@@ -302,6 +305,38 @@ def score(recs, args, xt, yt, out):
     summary["floor_fd"] = floor["fd"] if floor else None
     summary["args"] = vars(args)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
+
+
+def multi_seed(args, argv, out: Path) -> int:
+    "One full run per seed (initial weights, batches, noise, sampling noise), then FD and throughput as mean ± sd."
+    seeds = [int(v) for v in args.seeds.split(",")]
+    base = [a for i, a in enumerate(argv) if a not in ("--seeds", "--out", "--seed")
+            and (i == 0 or argv[i - 1] not in ("--seeds", "--out", "--seed"))]
+    runs = []
+    for s in seeds:
+        print(f"=== seed {s} ===", flush=True)
+        subprocess.run([sys.executable, __file__, *base, "--seed", str(s), "--out", str(out / f"seed{s}")], check=True)
+        runs.append(json.loads((out / f"seed{s}" / "results.json").read_text()))
+    def stats(vals):
+        v = np.asarray(vals, dtype=float)
+        return v.mean(), (v.std(ddof=1) if len(v) > 1 else float("nan"))
+    lines = [f"{len(seeds)} seeds {seeds}; data {args.data}; budget {f'{args.steps} steps' if args.steps else f'{args.seconds} s'}"
+             f"; device {args.device}", f"{'':22s}{'ours':>18s}{'diffusers':>18s}{'ratio':>8s}"]
+    for name, key, lower in (("FD (lower better)", "fd", True), ("train images/s", "images_per_second", False),
+                             ("sampling samples/s", "samples_per_second", False), ("precision", "precision", False),
+                             ("recall", "recall", False)):
+        (mo, so), (md, sd) = stats([r["ours"][key] for r in runs]), stats([r["diffusers"][key] for r in runs])
+        lines.append(f"{name:22s}{mo:11.3f} ± {so:5.3f}{md:11.3f} ± {sd:5.3f}{(md / mo if lower else mo / md):7.2f}×")
+    diff = np.array([r["ours"]["fd"] - r["diffusers"]["fd"] for r in runs])
+    se = diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+    lines.append(f"FD ours − diffusers per seed: {', '.join(f'{d:+.3f}' for d in diff)}; mean {diff.mean():+.3f} ± {se:.3f} (SE); "
+                 f"ours ≤ diffusers in {(diff <= 0).sum()}/{len(diff)} seeds")
+    lines.append(f"FD floor (N = {runs[0]['args']['n_samples']}): {runs[0]['floor_fd']}")
+    text = "\n".join(lines)
+    print(text)
+    (out / "seeds.txt").write_text(text + "\n")
+    (out / "seeds.json").write_text(json.dumps({"seeds": seeds, "runs": runs}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
