@@ -23,9 +23,9 @@ from .schedules import NoiseSchedule
 from .utils import check_tensor
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'TrainConfig', 'EMA', 'TrainState', 'make_train_state', 'train_ddpm', 'save_checkpoint',
-           'read_checkpoint', 'load_checkpoint', 'ddpm_sample', 'MLPDenoiser', 'DDPMBundle', 'pretrained_ddpm',
-           'book_ddpm_config']
+__all__ = ['CHECKPOINT_FORMAT', 'TrainConfig', 'EMA', 'TrainState', 'make_train_state', 'train_loop', 'train_ddpm',
+           'save_checkpoint', 'read_checkpoint', 'load_checkpoint', 'ddpm_sample', 'MLPDenoiser', 'DDPMBundle',
+           'pretrained_ddpm', 'book_ddpm_config']
 
 # %% ../nbs/07_ddpm.ipynb #5da6810b
 @dataclass(frozen=True)
@@ -99,14 +99,14 @@ def make_train_state(model: torch.nn.Module, config: TrainConfig) -> TrainState:
     return TrainState(model, opt, EMA(model, config.ema_decay), torch.Generator(device).manual_seed(config.seed))
 
 # %% ../nbs/07_ddpm.ipynb #0f9ff40a
-def train_ddpm(state: TrainState,  # model, optimizer, EMA, generator, step (updated in place)
-               schedule: NoiseSchedule,
+def train_loop(state: TrainState,  # model, optimizer, EMA, generator, step (updated in place)
                data: torch.Tensor,  # (N, …) training set in the model's range, e.g. [-1, 1]
                config: TrainConfig,
-               labels: torch.Tensor | None = None,  # (N,) class ids, passed as `cond` (for guidance, chapter 13)
+               loss_fn,  # loss_fn(model, x0, cond, generator) -> loss, or (loss, {name: scalar tensor}) to log
+               labels: torch.Tensor | None = None,  # (N,) class ids, passed to `loss_fn` as `cond`
                until: int | None = None,  # stop at this step instead of `config.steps` (e.g. to checkpoint)
                ):
-    "Algorithm 1 of Ho et al. 2020 on L_simple. Yields `{step, loss, lr, grad_norm}` after every optimizer step."
+    "The book's one optimisation loop: batches, lr warm-up, autocast, NaN stop, clipping, EMA. Yields per step."
     check_tensor(data, "data", min_ndim=2, floating=True, finite=True)
     if labels is not None:
         check_tensor(labels, "labels", shape=(len(data),), floating=False)
@@ -123,7 +123,8 @@ def train_ddpm(state: TrainState,  # model, optimizer, EMA, generator, step (upd
         for group in opt.param_groups:
             group["lr"] = lr
         with amp:
-            loss = l_simple(lambda x, t: model(x, t, cond), schedule, x0, generator=g)
+            out = loss_fn(model, x0, cond, g)
+        loss, parts = out if isinstance(out, tuple) else (out, {})
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training stopped: loss is {loss.item()} at step {state.step + 1}; "
                                      "the weights are those of the last finite step (lower lr, or check the data).")
@@ -135,7 +136,20 @@ def train_ddpm(state: TrainState,  # model, optimizer, EMA, generator, step (upd
         state.ema.update(model)
         state.step += 1
         state.losses.append(loss.item())
-        yield {"step": state.step, "loss": state.losses[-1], "lr": lr, "grad_norm": grad_norm.item()}
+        yield {"step": state.step, "loss": state.losses[-1], **{k: float(v) for k, v in parts.items()},
+               "lr": lr, "grad_norm": grad_norm.item()}
+
+
+def train_ddpm(state: TrainState,  # model, optimizer, EMA, generator, step (updated in place)
+               schedule: NoiseSchedule,
+               data: torch.Tensor,  # (N, …) training set in the model's range, e.g. [-1, 1]
+               config: TrainConfig,
+               labels: torch.Tensor | None = None,  # (N,) class ids, passed as `cond` (for guidance, chapter 13)
+               until: int | None = None,  # stop at this step instead of `config.steps` (e.g. to checkpoint)
+               ):
+    "Algorithm 1 of Ho et al. 2020 on L_simple. Yields `{step, loss, lr, grad_norm}` after every optimizer step."
+    loss_fn = lambda model, x0, cond, g: l_simple(lambda x, t: model(x, t, cond), schedule, x0, generator=g)
+    yield from train_loop(state, data, config, loss_fn, labels=labels, until=until)
 
 # %% ../nbs/07_ddpm.ipynb #830cbfb2
 CHECKPOINT_FORMAT = "diffusion_book.checkpoint/1"

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from .data import GaussianMixture
-from .ddpm import TrainConfig, TrainState, make_train_state
+from .ddpm import TrainConfig, TrainState, make_train_state, train_loop
 from .score_matching import dsm_loss
 from .utils import check_tensor
 
@@ -207,33 +207,11 @@ def train_ncsn(state: TrainState,  # `make_train_state(NCSN(...), config)`; upda
                config: TrainConfig,
                until: int | None = None,  # stop at this step instead of `config.steps`
                ):
-    "Minimise `ncsn_loss` on the model's own ladder (Song & Ermon 2019, Eq. 6). Yields `{step, loss, lr, grad_norm}`."
-    check_tensor(data, "data", min_ndim=2, floating=True, finite=True)
-    model, opt, g = state.model, state.optimizer, state.generator
-    if not isinstance(getattr(model, "sigmas", None), torch.Tensor):
+    "Minimise `ncsn_loss` on the model's own ladder (Song & Ermon 2019, Eq. 6) with chapter 07's `train_loop`."
+    if not isinstance(getattr(state.model, "sigmas", None), torch.Tensor):
         raise TypeError("state.model must carry its noise ladder as `.sigmas` (e.g. an `NCSN`).")
-    device = g.device
-    data = data.to(device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.mixed_precision and device.type == "cuda")
-    model.train()
-    while state.step < (config.steps if until is None else until):
-        x0 = data[torch.randint(len(data), (config.batch_size,), generator=g, device=device)]
-        lr = config.lr_at(state.step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        with amp:
-            loss = ncsn_loss(model, x0, model.sigmas, generator=g)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training stopped: loss is {loss.item()} at step {state.step + 1}.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip = config.grad_clip if config.grad_clip is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        state.ema.update(model)
-        state.step += 1
-        state.losses.append(loss.item())
-        yield {"step": state.step, "loss": state.losses[-1], "lr": lr, "grad_norm": grad_norm.item()}
+    loss_fn = lambda model, x0, cond, g: ncsn_loss(model, x0, model.sigmas, generator=g)
+    yield from train_loop(state, data, config, loss_fn, until=until)
 
 # %% ../nbs/09_langevin.ipynb #0c79b6eb
 def book_ncsn_config(scale: str | None = None,  # "small" or "full"; None → `DIFFUSION_BOOK_SCALE`

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from .ddpm import MLPDenoiser, TrainConfig, TrainState
+from .ddpm import MLPDenoiser, TrainConfig, TrainState, train_loop
 from .elbo import (_gather, _normal_log_prob, discretized_gaussian_log_likelihood, fixed_log_variance,
                                  normal_kl, posterior_log_variance_clipped, prior_kl, q_posterior_mean_var)
 from .parameterization import eps_to_posterior_mean, eps_to_x0, l_simple
@@ -184,29 +184,10 @@ def train_hybrid(state: TrainState,  # model (2C outputs), optimizer, EMA, gener
                  num_levels: int = 256,  # levels of the data (17 for the digits)
                  until: int | None = None,  # stop at this step instead of `config.steps`
                  ):
-    "Algorithm 1 of Ho et al. 2020 on L_hybrid (Nichol & Dhariwal 2021). Yields `{step, loss, simple, vlb, lr, grad_norm}`."
-    check_tensor(data, "data", min_ndim=2, floating=True, finite=True)
-    model, opt, g = state.model, state.optimizer, state.generator
-    data = data.to(g.device)
-    model.train()
-    while state.step < (config.steps if until is None else until):
-        x0 = data[torch.randint(len(data), (config.batch_size,), generator=g, device=g.device)]
-        lr = config.lr_at(state.step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss, parts = hybrid_loss(model, schedule, x0, lambda_vlb=lambda_vlb, generator=g, decoder=decoder,
-                                  num_levels=num_levels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training stopped: loss is {loss.item()} at step {state.step + 1}.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
-        opt.step()
-        state.ema.update(model)
-        state.step += 1
-        state.losses.append(loss.item())
-        yield {"step": state.step, "loss": state.losses[-1], "simple": parts["simple"].item(),
-               "vlb": parts["vlb"].item(), "lr": lr, "grad_norm": grad_norm.item()}
+    "Algorithm 1 on L_hybrid (Nichol & Dhariwal 2021) with chapter 07's `train_loop`. Yields `{step, loss, simple, vlb, lr, grad_norm}`."
+    loss_fn = lambda model, x0, cond, g: hybrid_loss(model, schedule, x0, lambda_vlb=lambda_vlb, generator=g,
+                                                     decoder=decoder, num_levels=num_levels)
+    yield from train_loop(state, data, config, loss_fn, until=until)
 
 # %% ../nbs/11_learned_variances.ipynb #9ae8680a
 def even_timesteps(T: int,  # steps of the trained model
