@@ -24,3 +24,7 @@ def test_readme_library_examples_run(tmp_path):
     train = code[1].replace("steps=1500", "steps=3").replace("torch.randn(64,", "torch.randn(4,")
     assert train != code[1], "the README training example changed: update this test"
     run(train + "\nassert samples.shape == (4, 1, 8, 8) and torch.isfinite(samples).all()\n", tmp_path)
+    fast = code[2].replace("torch.randn(64,", "torch.randn(4,")
+    assert fast != code[2], "the README sampling example changed: update this test"
+    run(train + fast + "\nassert fast.shape == ddim.shape == (4, 1, 8, 8)"
+                       " and torch.isfinite(fast).all() and torch.isfinite(ddim).all()\n", tmp_path)
