@@ -11,7 +11,9 @@ Samples start from the same initial noise and are scored by chapter 06's metrics
     python bench/ddpm_vs_diffusers.py --data fashion_mnist --seconds 210 --device cuda   # FULL, one GPU
     python bench/ddpm_vs_diffusers.py --data digits --memory        # peak memory per batch size, both sides
 
-It prints both sides and the ratios, and writes `--out` (JSON, PNG grids, samples as uint8 .npz per side).
+Samplers (`--samplers`, default ddpm1000,ddim50,ddim20,dpm20,dpm10, the protocol of issue 9): each side with its own
+library's loops from the same initial noise. It prints both sides and the ratios, and writes `--out`: results.json,
+results.txt, one PNG grid per side, the samples as uint8 .npz per side keyed by sampler (6 files).
 """
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -116,36 +120,72 @@ def run_side(side: str, args) -> dict:
     train_s = time.perf_counter() - t0
     state.ema.copy_to(state.model)
     state.model.eval()
-    g = torch.Generator(device).manual_seed(1234 + args.seed)
-    x_T = torch.randn(args.n_samples, *x.shape[1:], generator=g, device=device)
-    t1 = time.perf_counter()
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        if side == "ours":
-            samples = ddpm_sample(lambda xt, t: state.model(xt, t), schedule, x_T, generator=g, clip_x0=(-1, 1))
-        else:
-            samples = diffusers_ddpm_sample(state.model, x_T, g)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    sample_s = time.perf_counter() - t1
+    eps_net = lambda xt, t: state.model(xt, t)  # the EMA weights; returns ε̂ for both sides
+    samples, sample_s = {}, {}
+    for name in args.samplers.split(","):
+        g = torch.Generator(device).manual_seed(1234 + args.seed)  # every sampler starts from the same x_T
+        x_T = torch.randn(args.n_samples, *x.shape[1:], generator=g, device=device)
+        t1 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = [(sample_ours if side == "ours" else sample_diffusers)(eps_net, name, chunk, g, schedule)
+                   for chunk in x_T.split(args.sample_batch)]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        sample_s[name] = time.perf_counter() - t1
+        samples[name] = torch.cat(out).float().clamp(-1, 1).cpu()
+        print(f"[{side}] {name}: {args.n_samples / sample_s[name]:.1f} samples/s", flush=True)
+    first = args.samplers.split(",")[0]
     return dict(side=side, params=n_params(model), steps=steps_done, train_seconds=train_s,
                 images_per_second=steps_done * tc.batch_size / train_s, final_loss=float(np.mean(losses[-50:])),
-                sample_seconds=sample_s, samples_per_second=args.n_samples / sample_s,
+                sample_seconds=sample_s[first], samples_per_second=args.n_samples / sample_s[first],
+                sampler_seconds=sample_s, sampler_samples_per_second={k: args.n_samples / v for k, v in sample_s.items()},
                 peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 peak_cuda_mb=torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
-                samples=samples.float().clamp(-1, 1).cpu())
+                samples=samples)
+
+
+SAMPLERS = {"ddpm1000": ("ddpm", 1000), "ddim50": ("ddim", 50), "ddim20": ("ddim", 20),
+            "dpm20": ("dpm", 20), "dpm10": ("dpm", 10)}
+
+
+def _parse_sampler(name: str) -> tuple[str, int]:
+    if name not in SAMPLERS:
+        raise SystemExit(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
 
 
 @torch.no_grad()
-def diffusers_ddpm_sample(model, x_T, generator):
-    "diffusers' own DDPM loop: DDPMScheduler (linear, fixed_small, clip_sample) stepping the same network."
-    from diffusers import DDPMScheduler
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                          variance_type="fixed_small", clip_sample=True)
-    sched.set_timesteps(1000)
-    x = x_T
+def sample_ours(net, name, x_T, g, schedule):
+    "Our samplers (chapters 07, 12), x̂₀ clipped to [−1, 1]; DDIM on the 'trailing' grid (chapter 12's choice)."
+    from diffusion_book.ddpm import ddpm_sample
+    from diffusion_book.samplers import ddim_sample, dpm_solver_pp_2m
+    kind, steps = _parse_sampler(name)
+    if kind == "ddpm":
+        return ddpm_sample(net, schedule, x_T, generator=g, clip_x0=(-1, 1))
+    if kind == "ddim":
+        return ddim_sample(net, schedule, x_T, steps=steps, eta=0.0, spacing="trailing", clip_x0=(-1, 1))
+    return dpm_solver_pp_2m(net, schedule, x_T, steps=steps, clip_x0=(-1, 1))
+
+
+@torch.no_grad()
+def sample_diffusers(model, name, x_T, g, schedule=None):
+    "diffusers' own loops with their defaults for images: DDPM/DDIM clip_sample, DPM-Solver++ thresholding at 1."
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    kind, steps = _parse_sampler(name)
+    common = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    if kind == "ddpm":
+        sched = DDPMScheduler(**common, variance_type="fixed_small", clip_sample=True)
+    elif kind == "ddim":
+        sched = DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True)
+    else:  # dynamic thresholding with sample_max_value=1 is clipping x̂₀ to [−1, 1]
+        sched = DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
+                                            thresholding=True, sample_max_value=1.0)
+    sched.set_timesteps(steps)
+    x = x_T * sched.init_noise_sigma
     for t in sched.timesteps:
-        eps = model(x, t.expand(len(x)).to(x.device))
-        x = sched.step(eps, t, x, generator=generator).prev_sample
+        eps = model(sched.scale_model_input(x, t), t.expand(len(x)).to(x.device))
+        kw = {"generator": g} if kind == "ddpm" else {}
+        x = sched.step(eps, t, x, **kw).prev_sample
     return x
 
 
@@ -207,6 +247,9 @@ def main(argv=None):
     ap.add_argument("--n-samples", type=int, default=None, help="samples per side (default: test-set size)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--samplers", default="ddpm1000,ddim50,ddim20,dpm20,dpm10",
+                    help=f"comma-separated, from {', '.join(SAMPLERS)}; the first one gives the headline FD")
+    ap.add_argument("--sample-batch", type=int, default=2500, help="samples per sampler call (memory)")
     ap.add_argument("--seeds", default=None, help="comma-separated seeds: one full run per seed, then mean ± sd")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: check the plumbing in seconds")
     ap.add_argument("--out", default=str(ROOT / "_build" / "bench" / "ddpm_vs_diffusers"))
@@ -237,16 +280,21 @@ def main(argv=None):
         return 0
     _, _, xt, yt = load_data(args.data, args.smoke)
     args.n_samples = args.n_samples or len(xt)
+    for name in args.samplers.split(","):
+        _parse_sampler(name)
+    work = Path(tempfile.mkdtemp(prefix="bench_ddpm_"))  # children's records and float samples; not in --out
     recs = {}
     for side in ("ours", "diffusers"):
         cmd = [sys.executable, __file__, "--side", side, "--data", args.data, "--device", args.device,
-               "--seed", str(args.seed), "--n-samples", str(args.n_samples), "--out", str(out)]
+               "--seed", str(args.seed), "--n-samples", str(args.n_samples), "--out", str(work),
+               "--samplers", args.samplers, "--sample-batch", str(args.sample_batch)]
         cmd += ["--steps", str(args.steps)] if args.steps else ["--seconds", str(args.seconds)]
         cmd += ["--smoke"] if args.smoke else []
         print(f"[{side}] training and sampling ...", flush=True)
         subprocess.run(cmd, check=True)
-        recs[side] = json.loads((out / f"{side}.json").read_text())
-        recs[side]["samples"] = torch.load(out / f"{side}_samples.pt")
+        recs[side] = json.loads((work / f"{side}.json").read_text())
+        recs[side]["samples"] = torch.load(work / f"{side}_samples.pt")
+    shutil.rmtree(work, ignore_errors=True)
     score(recs, args, xt, yt, out)
     return 0
 
@@ -266,37 +314,50 @@ def score(recs, args, xt, yt, out):
         ref, floor_set = xt, x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))[: args.n_samples]]
     mem = x_train[:5000] if args.smoke else x_train  # memorization: nearest training neighbours
     floor = evaluate_samples(floor_set, evaluator, ref, mem) if not args.smoke else None
+    names = args.samplers.split(",")
     rows = {}
     for side, r in recs.items():
-        m = evaluate_samples(r["samples"], evaluator, ref, mem)
+        r["sampler_metrics"] = {}
+        for name in names:
+            m = evaluate_samples(r["samples"][name], evaluator, ref, mem)
+            r["sampler_metrics"][name] = {k: m[k] for k in ("fd", "precision", "recall", "class_entropy", "nn_ratio_pixel")}
+        m = evaluate_samples(r["samples"][names[0]], evaluator, ref, mem)  # the headline sampler
         r.update({k: m[k] for k in ("fd", "precision", "recall", "class_entropy", "nn_ratio_pixel")})
         r["class_histogram"] = m["class_histogram"]
         rows[side] = r
-        fig, ax = plt.subplots(figsize=(5, 5))
-        show_images(r["samples"][:100], nrow=10, ax=ax, title=f"{side}: DDPM-1000, {r['steps']} steps")
+        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4))
+        for ax, name in zip(np.atleast_1d(axes), names):
+            show_images(r["samples"][name][:64], nrow=8, ax=ax, title=f"{name}: FD {r['sampler_metrics'][name]['fd']:.2f}")
+        fig.suptitle(f"{side}: {r['steps']} training steps, {args.data}")
         fig.savefig(out / f"grid_{side}.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
-        np.savez_compressed(out / f"samples_{side}.npz",
-                            ddpm1000=((r["samples"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy())
+        np.savez_compressed(out / f"samples_{side}.npz", **{
+            name: ((r["samples"][name] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy() for name in names})
     o, d = rows["ours"], rows["diffusers"]
     lines = [f"device: {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU, ' + str(os.cpu_count()) + ' cores'}), "
              f"data: {args.data}, budget: {f'{args.steps} steps' if args.steps else f'{args.seconds} s'}, N = {args.n_samples} samples",
              f"{'':24s}{'ours':>12s}{'diffusers':>12s}{'ratio':>10s}"]
-    def row(name, key, fmt, better="higher"):
-        a, b = o[key], d[key]
+    def row(name, a, b, fmt, better="higher"):
         ratio = (a / b if better == "higher" else b / a) if a and b else float("nan")
         lines.append(f"{name:24s}{fmt.format(a):>12s}{fmt.format(b):>12s}{ratio:>9.2f}×")
-    row("parameters", "params", "{:,}")
-    row("training steps", "steps", "{:d}")
-    row("train images/s", "images_per_second", "{:.0f}")
-    row("sampling samples/s", "samples_per_second", "{:.1f}")
-    row("FD (lower better)", "fd", "{:.3f}", better="lower")
-    row("precision", "precision", "{:.3f}")
-    row("recall", "recall", "{:.3f}")
-    row("class entropy", "class_entropy", "{:.3f}")
-    row("peak RSS MB", "peak_rss_mb", "{:.0f}", better="lower")
+    row("parameters", o["params"], d["params"], "{:,}")
+    row("training steps", o["steps"], d["steps"], "{:d}")
+    row("train images/s", o["images_per_second"], d["images_per_second"], "{:.0f}")
+    for name in names:
+        row(f"{name} samples/s", o["sampler_samples_per_second"][name], d["sampler_samples_per_second"][name], "{:.1f}")
+    for name in names:
+        row(f"{name} FD (lower better)", o["sampler_metrics"][name]["fd"], d["sampler_metrics"][name]["fd"], "{:.3f}",
+            better="lower")
+    row(f"{names[0]} precision", o["precision"], d["precision"], "{:.3f}")
+    row(f"{names[0]} recall", o["recall"], d["recall"], "{:.3f}")
+    row(f"{names[0]} class entropy", o["class_entropy"], d["class_entropy"], "{:.3f}")
+    row("peak RSS MB", o["peak_rss_mb"], d["peak_rss_mb"], "{:.0f}", better="lower")
+    if o.get("peak_cuda_mb"):
+        row("peak CUDA MB", o["peak_cuda_mb"], d["peak_cuda_mb"], "{:.0f}", better="lower")
     if floor:
         lines.append(f"FD floor (real images vs the reference set, N = {args.n_samples}): {floor['fd']:.3f}")
+    lines.append("ours: DDPM (ch. 07), DDIM η=0 on the 'trailing' grid, DPM-Solver++(2M) (ch. 12), x̂₀ clipped; diffusers: "
+                 "DDPMScheduler/DDIMScheduler with clip_sample, DPMSolverMultistepScheduler with thresholding at 1")
     lines.append("ratios: >1 means ours is better (throughput, quality) or smaller (memory, FD)")
     text = "\n".join(lines)
     print(text)
