@@ -1,5 +1,3 @@
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -134,9 +132,3 @@ def test_sampler_generator_reproducible_and_callback():
     a = sample(0, lambda i, t, x, x0: calls.append(i))
     assert torch.equal(a, sample(0)) and not torch.equal(a, sample(1))
     assert calls == list(range(49, -1, -1)) and a.shape == (4, 2)
-
-
-def test_fresh_interpreter_import():
-    r = subprocess.run([sys.executable, "-c", "import diffusion_book.ddpm as d; print(d.TrainConfig().steps)"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
