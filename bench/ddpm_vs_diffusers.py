@@ -10,6 +10,9 @@ Samples start from the same initial noise and are scored by chapter 06's metrics
     python bench/ddpm_vs_diffusers.py --data digits --steps 3000    # SMALL, CPU
     python bench/ddpm_vs_diffusers.py --data fashion_mnist --seconds 210 --device cuda   # FULL, one GPU
     python bench/ddpm_vs_diffusers.py --data digits --memory        # peak memory per batch size, both sides
+    python bench/ddpm_vs_diffusers.py --data fashion_mnist --seconds 210 --device cuda --n-samples 5000 \
+        --only ours --out A    # one side per call (then the same with --only diffusers --out B) ...
+    python bench/ddpm_vs_diffusers.py --data fashion_mnist --score-from A B --out results   # ... scored on any machine
 
 Samplers (`--samplers`, default ddpm1000,ddim50,ddim20,dpm20,dpm10, the protocol of issue 9): each side with its own
 library's loops from the same initial noise. It prints both sides and the ratios, and writes `--out`: results.json,
@@ -135,7 +138,8 @@ def run_side(side: str, args) -> dict:
         samples[name] = torch.cat(out).float().clamp(-1, 1).cpu()
         print(f"[{side}] {name}: {args.n_samples / sample_s[name]:.1f} samples/s", flush=True)
     first = args.samplers.split(",")[0]
-    return dict(side=side, params=n_params(model), steps=steps_done, train_seconds=train_s,
+    return dict(side=side, device_name=torch.cuda.get_device_name() if device.type == "cuda" else
+                f"CPU, {os.cpu_count()} cores", params=n_params(model), steps=steps_done, train_seconds=train_s,
                 images_per_second=steps_done * tc.batch_size / train_s, final_loss=float(np.mean(losses[-50:])),
                 sample_seconds=sample_s[first], samples_per_second=args.n_samples / sample_s[first],
                 sampler_seconds=sample_s, sampler_samples_per_second={k: args.n_samples / v for k, v in sample_s.items()},
@@ -255,6 +259,10 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "_build" / "bench" / "ddpm_vs_diffusers"))
     ap.add_argument("--memory", action="store_true", help="only measure peak memory per batch size")
     ap.add_argument("--memory-batches", default="32,64,128,256", help="batch sizes for --memory")
+    ap.add_argument("--only", choices=["ours", "diffusers"],
+                    help="train and sample one side only, writing <side>.json and <side>_samples.npz to --out "
+                         "(e.g. one GPU call per side); score both later with --score-from")
+    ap.add_argument("--score-from", nargs="+", metavar="DIR", help="score sides written by --only in these folders")
     ap.add_argument("--side", choices=["ours", "diffusers"], help=argparse.SUPPRESS)  # internal: one subprocess
     ap.add_argument("--probe-batch", type=int, help=argparse.SUPPRESS)  # internal: memory probe
     args = ap.parse_args(argv)
@@ -273,13 +281,23 @@ def main(argv=None):
         return 0
     if args.seeds:
         return multi_seed(args, argv or sys.argv[1:], out)
-    if args.side:  # child: run one side, save its record
-        rec = run_side(args.side, args)
-        torch.save(rec.pop("samples"), out / f"{args.side}_samples.pt")
-        (out / f"{args.side}.json").write_text(json.dumps(rec))
-        return 0
     _, _, xt, yt = load_data(args.data, args.smoke)
     args.n_samples = args.n_samples or len(xt)
+    if args.side or args.only:  # one side: train, sample, save its record and uint8 samples (no scoring)
+        side = args.side or args.only
+        rec = run_side(side, args)
+        np.savez_compressed(out / f"{side}_samples.npz", **{k: to_uint8(v) for k, v in rec.pop("samples").items()})
+        (out / f"{side}.json").write_text(json.dumps({**rec, "args": vars(args)}))
+        return 0
+    if args.score_from:  # score two sides run earlier with --only (e.g. one GPU call each)
+        recs = {side: load_side(next(Path(d) for d in args.score_from if (Path(d) / f"{side}.json").exists()), side)
+                for side in ("ours", "diffusers")}
+        for key in ("device", "steps", "seconds", "seed"):  # the budget and device the sides ran with
+            setattr(args, key, recs["ours"]["args"][key])
+        args.samplers = ",".join(recs["ours"]["samples"])
+        args.n_samples = len(next(iter(recs["ours"]["samples"].values())))
+        score(recs, args, xt, yt, out)
+        return 0
     for name in args.samplers.split(","):
         _parse_sampler(name)
     work = Path(tempfile.mkdtemp(prefix="bench_ddpm_"))  # children's records and float samples; not in --out
@@ -292,11 +310,23 @@ def main(argv=None):
         cmd += ["--smoke"] if args.smoke else []
         print(f"[{side}] training and sampling ...", flush=True)
         subprocess.run(cmd, check=True)
-        recs[side] = json.loads((work / f"{side}.json").read_text())
-        recs[side]["samples"] = torch.load(work / f"{side}_samples.pt")
+        recs[side] = load_side(work, side)
     shutil.rmtree(work, ignore_errors=True)
     score(recs, args, xt, yt, out)
     return 0
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    "Images in [−1, 1] → uint8 [0, 255] (how samples are stored and exchanged)."
+    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def load_side(folder: Path, side: str) -> dict:
+    "A side's record and its samples (uint8 .npz → float in [−1, 1]), as written by `--only`/`--side`."
+    rec = json.loads((folder / f"{side}.json").read_text())
+    with np.load(folder / f"{side}_samples.npz") as z:
+        rec["samples"] = {k: torch.from_numpy(z[k]).float() / 127.5 - 1 for k in z.files}
+    return rec
 
 
 def score(recs, args, xt, yt, out):
@@ -331,10 +361,9 @@ def score(recs, args, xt, yt, out):
         fig.suptitle(f"{side}: {r['steps']} training steps, {args.data}")
         fig.savefig(out / f"grid_{side}.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
-        np.savez_compressed(out / f"samples_{side}.npz", **{
-            name: ((r["samples"][name] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy() for name in names})
+        np.savez_compressed(out / f"samples_{side}.npz", **{name: to_uint8(r["samples"][name]) for name in names})
     o, d = rows["ours"], rows["diffusers"]
-    lines = [f"device: {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU, ' + str(os.cpu_count()) + ' cores'}), "
+    lines = [f"device: {args.device} ({o['device_name']}), "
              f"data: {args.data}, budget: {f'{args.steps} steps' if args.steps else f'{args.seconds} s'}, N = {args.n_samples} samples",
              f"{'':24s}{'ours':>12s}{'diffusers':>12s}{'ratio':>10s}"]
     def row(name, a, b, fmt, better="higher"):
