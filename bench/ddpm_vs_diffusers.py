@@ -290,8 +290,13 @@ def main(argv=None):
         (out / f"{side}.json").write_text(json.dumps({**rec, "args": vars(args)}))
         return 0
     if args.score_from:  # score two sides run earlier with --only (e.g. one GPU call each)
-        recs = {side: load_side(next(Path(d) for d in args.score_from if (Path(d) / f"{side}.json").exists()), side)
-                for side in ("ours", "diffusers")}
+        found = {side: [Path(d) for d in args.score_from if (Path(d) / f"{side}.json").exists()]
+                 for side in ("ours", "diffusers")}
+        missing = [side for side, dirs in found.items() if not dirs]
+        if missing:
+            raise SystemExit(f"--score-from: no {' or '.join(f'{m}.json' for m in missing)} in {args.score_from}; "
+                             "write each side first with --only ours|diffusers --out DIR")
+        recs = {side: load_side(dirs[0], side) for side, dirs in found.items()}
         for key in ("device", "steps", "seconds", "seed"):  # the budget and device the sides ran with
             setattr(args, key, recs["ours"]["args"][key])
         args.samplers = ",".join(recs["ours"]["samples"])
