@@ -16,18 +16,43 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['SCALES', 'get_device', 'make_generator', 'seed_everything', 'get_scale', 'by_scale', 'check_tensor', 'expect_error',
-           'cache_dir', 'to_image_grid', 'show_images', 'scatter2d']
+__all__ = ['DEVICE_TYPES', 'SCALES', 'get_device', 'check_int', 'make_generator', 'seed_everything', 'get_scale', 'by_scale',
+           'check_tensor', 'expect_error', 'to_model_range', 'check_image_range', 'cache_dir', 'to_image_grid',
+           'show_images', 'save_image_grid', 'scatter2d']
 
 # %% ../nbs/00_utils.ipynb #283e8045
-def get_device(prefer: str | None = None,  # "cuda", "mps" or "cpu"; None picks the best available
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def _resolve_device(device, name: str = "device") -> torch.device:
+    "A `torch.device` from a string or device; one clear line if it is unknown or not on this machine."
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        try:
+            dev = torch.device(device.strip().lower())
+        except RuntimeError:
+            dev = None
+        if dev is None or dev.type not in DEVICE_TYPES:
+            raise ValueError(f"{name}={device!r} is not a device this library knows; use one of "
+                             f"{DEVICE_TYPES} (optionally with an index, e.g. 'cuda:1').")
+    else:
+        raise TypeError(f"{name} must be a string such as 'cpu' or 'cuda', or a torch.device; got {type(device).__name__}.")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{name}={str(device)!r}: no CUDA device is visible to PyTorch on this machine "
+                           f"(torch {torch.__version__}); use 'cpu' or get_device() to pick what is available.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RuntimeError(f"{name}={str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise RuntimeError(f"{name}={str(device)!r}: Apple MPS is not available on this machine; use 'cpu'.")
+    return dev
+
+
+def get_device(prefer: str | None = None,  # "cuda", "mps" or "cpu" (or "cuda:1"); None picks the best available
               ) -> torch.device:
     "The device to put models and data on: CUDA if available, else Apple MPS, else CPU."
     if prefer is not None:
-        dev = torch.device(prefer)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("get_device('cuda'): no CUDA device is visible to PyTorch on this machine.")
-        return dev
+        return _resolve_device(prefer, "get_device(prefer)")
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -35,11 +60,23 @@ def get_device(prefer: str | None = None,  # "cuda", "mps" or "cpu"; None picks 
     return torch.device("cpu")
 
 # %% ../nbs/00_utils.ipynb #7b9496b5
+def check_int(v,  # the value to check
+              name: str,  # the argument's name, for the message
+              minimum: int | None = None,  # smallest allowed value
+              ) -> int:
+    "`v` as an `int` if it is an integer (Python or NumPy, not bool, not 2.5); else a `TypeError` naming `name`."
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {v!r} ({type(v).__name__}).")
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}.")
+    return int(v)
+
+
 def make_generator(seed: int,  # the seed
                    device: str | torch.device = "cpu",  # generators are per device: match the tensors you draw
                    ) -> torch.Generator:
     "A `torch.Generator` on `device`, seeded with `seed`."
-    return torch.Generator(device=device).manual_seed(int(seed))
+    return torch.Generator(device=_resolve_device(device)).manual_seed(check_int(seed, "seed", minimum=0))
 
 
 def seed_everything(seed: int,  # seeds Python, NumPy and PyTorch (all devices)
@@ -112,6 +149,36 @@ def expect_error(exc_type: type[BaseException],  # the exception class that must
     else:
         raise AssertionError(f"expected {exc_type.__name__}, nothing was raised")
 
+# %% ../nbs/00_utils.ipynb #04a23cc4
+def to_model_range(x: torch.Tensor,  # uint8 images in [0, 255], or floating images in `value_range`
+                   value_range: tuple[float, float] | None = None,  # range of floating input; None: uint8 → [0, 255]
+                   ) -> torch.Tensor:
+    "Images mapped linearly to float32 in [-1, 1], the range every model and metric of the book expects."
+    check_tensor(x, "x", min_ndim=1)
+    lo, hi = (0.0, 255.0) if value_range is None else value_range
+    if value_range is None and x.is_floating_point():
+        raise ValueError("x is floating point: pass value_range=(0, 1) or (0, 255) to say which range it is in.")
+    return (x.float() - lo) * (2.0 / (hi - lo)) - 1.0
+
+
+def check_image_range(x: torch.Tensor,  # (N, C, H, W) images
+                      name: str,  # the argument's name, for the message
+                      value_range: tuple[float, float] = (-1.0, 1.0),  # the declared range
+                      tol: float = 1e-3,  # allowed excess, as a fraction of the range's width
+                      ) -> None:
+    "Raise a `ValueError` naming `name` if images leave `value_range` or never reach its lower half (one sync)."
+    lo, hi = value_range
+    width = hi - lo
+    vmin, vmax = (float(v) for v in torch.aminmax(x.detach()))  # one host read, at entry only
+    how = (f"convert with diffusion_book.utils.to_model_range(x, value_range=(lo, hi)) "
+           f"(uint8: to_model_range(x)), or declare the range you use with value_range=")
+    if vmin < lo - tol * width or vmax > hi + tol * width:
+        raise ValueError(f"{name}: values in [{vmin:.4g}, {vmax:.4g}] lie outside the declared range "
+                         f"[{lo:g}, {hi:g}]; {how}.")
+    if vmin > lo + 0.5 * width:
+        raise ValueError(f"{name}: every value is in [{vmin:.4g}, {vmax:.4g}], above the midpoint of the declared "
+                         f"range [{lo:g}, {hi:g}] — images in [0, 1] given as [-1, 1]? {how}.")
+
 # %% ../nbs/00_utils.ipynb #a4fc15ad
 def cache_dir(*parts: str,  # sub-folders inside the cache
               ) -> Path:
@@ -133,6 +200,7 @@ def to_image_grid(x: torch.Tensor,  # (B, C, H, W) images, C in {1, 3}
                   pad: int = 1,  # pixels between tiles
                   value_range: tuple[float, float] = (-1.0, 1.0),  # the range mapped to [0, 1]
                   pad_value: float = 1.0,  # colour of the padding, in [0, 1]
+                  scale: int = 1,  # upsample each pixel to scale×scale (nearest), so small images stay viewable
                   ) -> np.ndarray:
     "Tile a batch of images into one array `(H', W')` (grey) or `(H', W', 3)` in [0, 1]."
     check_tensor(x, "x", ndim=4)
@@ -148,6 +216,9 @@ def to_image_grid(x: torch.Tensor,  # (B, C, H, W) images, C in {1, 3}
         r, c = divmod(i, nrow)
         top, left = pad + r * (H + pad), pad + c * (W + pad)
         grid[:, top:top + H, left:left + W] = img[i]
+    scale = check_int(scale, "scale", minimum=1)
+    if scale > 1:
+        grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)  # (C, scale·H', scale·W')
     grid = grid.permute(1, 2, 0).numpy()  # (H', W', C)
     return grid[..., 0] if C == 1 else grid
 
@@ -169,6 +240,23 @@ def show_images(x: torch.Tensor,  # (B, C, H, W) images in `value_range`
     if title:
         ax.set_title(title)
     return ax
+
+
+def save_image_grid(x: torch.Tensor,  # (B, C, H, W) images in `value_range`
+                    path: str | Path,  # a .png file
+                    nrow: int | None = None,  # images per row
+                    value_range: tuple[float, float] = (-1.0, 1.0),
+                    scale: int | None = None,  # pixel upsampling; None: the smallest that makes the grid ≥ 512 px wide
+                    ) -> Path:
+    "Write a batch of images as one PNG grid (nearest-neighbour upsampled so 8×8 digits stay viewable)."
+    if scale is None:
+        width = to_image_grid(x[:1], nrow=1, value_range=value_range).shape[1] * (nrow or int(np.ceil(np.sqrt(len(x)))))
+        scale = max(1, int(np.ceil(512 / max(1, width))))
+    grid = to_image_grid(x, nrow=nrow, value_range=value_range, scale=scale)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.imsave(path, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1)
+    return path
 
 
 def scatter2d(x: torch.Tensor,  # (N, 2) points
