@@ -346,6 +346,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                          'diffusion_book.samplers._like_input': ('samplers.html#_like_input', 'diffusion_book/samplers.py'),
                                          'diffusion_book.samplers._spacing_grid': ( 'samplers.html#_spacing_grid',
                                                                                     'diffusion_book/samplers.py'),
+                                         'diffusion_book.samplers._t_dtype': ('samplers.html#_t_dtype', 'diffusion_book/samplers.py'),
                                          'diffusion_book.samplers._vp': ('samplers.html#_vp', 'diffusion_book/samplers.py'),
                                          'diffusion_book.samplers.ddim_invert': ('samplers.html#ddim_invert', 'diffusion_book/samplers.py'),
                                          'diffusion_book.samplers.ddim_sample': ('samplers.html#ddim_sample', 'diffusion_book/samplers.py'),

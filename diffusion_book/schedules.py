@@ -12,7 +12,7 @@ import torch
 from .utils import check_tensor
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'NoiseSchedule', 'linear_beta_schedule', 'cosine_beta_schedule', 'make_schedule']
+__all__ = ['SCHEDULES', 'NoiseSchedule', 'network_time', 'linear_beta_schedule', 'cosine_beta_schedule', 'make_schedule']
 
 # %% ../nbs/02_forward_process.ipynb #78628f8c
 class NoiseSchedule:
@@ -30,6 +30,9 @@ class NoiseSchedule:
         self.betas = betas.to(torch.float64)  # (T,), float64: ᾱ is a product of up to thousands of factors
         self.alphas = 1.0 - self.betas  # (T,)
         self.alpha_bars = torch.cumprod(self.alphas, 0)  # (T,)
+        # √ᾱ and √(1 − ᾱ) in float64, cast only when read: 1 − ᾱ formed after a cast to float32 loses digits near t = 1
+        self.sqrt_alpha_bars = self.alpha_bars.sqrt()  # (T,)
+        self.sqrt_one_minus_alpha_bars = (1.0 - self.alpha_bars).sqrt()  # (T,)
         self._cache = {}
 
     @property
@@ -41,32 +44,48 @@ class NoiseSchedule:
         return f"NoiseSchedule(T={self.T}, beta=[{self.betas[0]:.3g} … {self.betas[-1]:.3g}], alpha_bar_T={self.alpha_bars[-1]:.3g})"
 
 # %% ../nbs/02_forward_process.ipynb #ea730a76
-def _check_t(self, t, batch: int | None = None) -> torch.Tensor:
-    "Validate step indices: integer-valued, shape (B,), in [0, T). Returns them as int64."
+def _check_t(self, t, batch: int | None = None,
+             check: bool = True,  # validate values (integer-valued, in [0, T)): one host sync; False inside loops
+             ) -> torch.Tensor:
+    "Step indices as int64 `(B,)`: int64, or floating with integer values (rounded on the device)."
     t = torch.as_tensor(t)
     if t.ndim == 0:
         t = t.reshape(1)
     check_tensor(t, "t", ndim=1)
-    if t.is_floating_point():
-        if not torch.equal(t, t.round()):
-            raise TypeError("t holds step indices and must be integer-valued; got fractional values "
-                            "(continuous-time code belongs to the SDE chapter).")
-    t = t.long()
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"t must hold step indices (int64 or integer-valued float), got dtype {t.dtype}.")
     if batch is not None and t.shape[0] not in (1, batch):
         raise ValueError(f"t must have shape ({batch},) to match the batch, got {tuple(t.shape)}.")
-    if len(t) and (t.min() < 0 or t.max() >= self.T):
-        raise ValueError(f"t must lie in [0, {self.T - 1}] (index t is the paper's step t+1); "
-                         f"got values in [{t.min().item()}, {t.max().item()}].")
-    return t
+    idx = t.round().long() if t.is_floating_point() else t.long()  # (B,) on t's device
+    if check and len(t):
+        if t.is_floating_point() and not torch.equal(t, idx.to(t.dtype)):
+            raise TypeError("t holds step indices and must be integer-valued; got fractional values "
+                            "(continuous-time code belongs to the SDE chapter).")
+        if idx.min() < 0 or idx.max() >= self.T:
+            raise ValueError(f"t must lie in [0, {self.T - 1}] (index t is the paper's step t+1); "
+                             f"got values in [{idx.min().item()}, {idx.max().item()}].")
+    return idx
 
 
-def _extract(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _extract(self, name: str,  # a float64 (T,) table: "betas", "alphas", "alpha_bars", "sqrt_alpha_bars", …
+             t: torch.Tensor,  # (B,) or (1,) step indices: int64, or floating with integer values
+             x: torch.Tensor,  # (B, …) the tensor the values will multiply: sets dtype and device
+             *,
+             check: bool = True,  # validate t's values (one host sync); pass False in a loop validated at entry
+             ) -> torch.Tensor:
     "Schedule values `name` at steps t, as x's dtype/device, shaped (B, 1, …, 1) to broadcast over x."
     key = (name, x.device, x.dtype)
     if key not in self._cache:  # one copy per device and dtype (float64 stays on the CPU: MPS has none)
-        self._cache[key] = getattr(self, name).to(dtype=x.dtype).to(x.device)
-    t = self._check_t(t, x.shape[0] if x.ndim else None)
+        self._cache[key] = getattr(self, name).to(dtype=x.dtype).to(x.device)  # cast after forming, in float64
+    t = self._check_t(t, x.shape[0] if x.ndim else None, check=check)
     return self._cache[key][t.to(x.device)].reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def network_time(t: torch.Tensor,  # (B,) step indices (int or float)
+                 x: torch.Tensor,  # (B, …) the network's input: float64 x gets float64 t
+                 ) -> torch.Tensor:
+    "The time a network sees (the book's contract): `(B,)` float32, or float64 when x is float64, on x's device."
+    return t.to(device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 
 NoiseSchedule._check_t = _check_t
@@ -87,8 +106,7 @@ def _q_mean_var(self, x0: torch.Tensor,  # (B, …) clean data
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     "Mean √ᾱ_t x_0 `(B, …)` and variance 1 − ᾱ_t `(B, 1, …)` of q(x_t | x_0) (Ho et al. 2020, Eq. 4)."
     check_tensor(x0, "x0", min_ndim=1, floating=True)
-    ab = self.extract("alpha_bars", t, x0)
-    return ab.sqrt() * x0, 1 - ab
+    return self.extract("sqrt_alpha_bars", t, x0) * x0, self.extract("sqrt_one_minus_alpha_bars", t, x0) ** 2
 
 
 def _q_sample(self, x0: torch.Tensor,  # (B, …) clean data
@@ -99,8 +117,7 @@ def _q_sample(self, x0: torch.Tensor,  # (B, …) clean data
     "A draw x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε from q(x_t | x_0) (Ho et al. 2020, Eq. 4)."
     check_tensor(x0, "x0", min_ndim=1, floating=True)
     noise = _noise_for(x0, noise, generator)
-    mean, var = self.q_mean_var(x0, t)
-    return mean + var.sqrt() * noise
+    return self.extract("sqrt_alpha_bars", t, x0) * x0 + self.extract("sqrt_one_minus_alpha_bars", t, x0) * noise
 
 
 def _q_step_sample(self, x_prev: torch.Tensor,  # (B, …) the state before step t

@@ -110,3 +110,82 @@ def test_q_step_sample_checks_noise_shape():
     s = linear_beta_schedule(10)
     with pytest.raises(ValueError, match="shape of x_prev"):
         s.q_step_sample(torch.zeros(2, 3), torch.tensor([0, 1]), noise=torch.zeros(2, 4))
+
+
+def test_float32_reads_keep_one_minus_alpha_bar():
+    # √ᾱ and √(1−ᾱ) are formed in float64 and cast afterwards: 1 − ᾱ_1 of the cosine schedule survives float32
+    s = cosine_beta_schedule(1000)
+    x = torch.zeros(1, 3)
+    t = torch.tensor([0])
+    exact = (1 - s.alpha_bars[0]).item()
+    var = s.q_mean_var(x, t)[1]
+    assert var.dtype == torch.float32
+    assert abs(var.double().item() / exact - 1) < 1e-6
+    s1 = s.extract("sqrt_one_minus_alpha_bars", t, x)
+    assert abs(s1.double().item() ** 2 / exact - 1) < 1e-6
+    # the cast-first value this replaces is visibly worse (guards against reintroducing it)
+    assert abs((1 - s.extract("alpha_bars", t, x)).double().item() / exact - 1) > 1e-5
+    torch.testing.assert_close(s.sqrt_alpha_bars ** 2, s.alpha_bars, rtol=1e-14, atol=0)
+    torch.testing.assert_close(s.sqrt_one_minus_alpha_bars ** 2, 1 - s.alpha_bars, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int32, torch.int64])
+def test_extract_accepts_integer_valued_float_t(dtype):
+    # the time contract: samplers pass networks a floating (B,) t; schedule reads accept it unchanged
+    s = linear_beta_schedule(100)
+    x = torch.zeros(3, 2, 2)
+    t_int = torch.tensor([0, 42, 99])
+    t = t_int.to(dtype)
+    for name in ("betas", "alpha_bars", "sqrt_alpha_bars", "sqrt_one_minus_alpha_bars"):
+        got = s.extract(name, t, x)
+        assert got.shape == (3, 1, 1) and got.dtype == x.dtype
+        torch.testing.assert_close(got, getattr(s, name)[t_int].float().view(3, 1, 1), atol=0, rtol=0)
+    torch.testing.assert_close(s.q_sample(x, t, noise=x + 1), s.q_sample(x, t_int, noise=x + 1), atol=0, rtol=0)
+
+
+def test_extract_check_false_rounds_without_value_checks():
+    s = linear_beta_schedule(10)
+    x = torch.zeros(2, 1)
+    near = torch.tensor([2.0 - 1e-6, 5.0 + 1e-6])  # float round-off around integers
+    torch.testing.assert_close(s.extract("alpha_bars", near, x, check=False),
+                               s.alpha_bars[[2, 5]].float().view(2, 1))
+    with pytest.raises(TypeError, match="integer-valued"):
+        s.extract("alpha_bars", near, x)  # the default still validates
+    with pytest.raises(ValueError, match="match the batch"):
+        s.extract("alpha_bars", torch.tensor([1.0, 2.0, 3.0]), x, check=False)  # shapes are always checked
+    with pytest.raises(TypeError, match="step indices"):
+        s.extract("alpha_bars", torch.tensor([True, False]), x)
+
+
+def test_extract_check_false_makes_no_host_sync():
+    # per-step reads inside sampler loops must not synchronise (counted as aten._local_scalar_dense on CPU)
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    s = cosine_beta_schedule(50)
+    x = torch.zeros(4, 3)
+    t = torch.full((4,), 7.0)
+    s.extract("alpha_bars", t, x)  # warm the cache
+    with Count():
+        s.extract("sqrt_alpha_bars", t, x, check=False)
+        s.extract("alpha_bars", t.long(), x, check=False)
+    assert Count.n == 0
+    with Count():
+        s.extract("alpha_bars", t, x)  # check=True validates values: that costs a sync, by design
+    assert Count.n > 0
+
+
+def test_network_time_dtype():
+    from diffusion_book.schedules import network_time
+    t = torch.tensor([3, 4])
+    assert network_time(t, torch.zeros(2, 1)).dtype == torch.float32
+    assert network_time(t, torch.zeros(2, 1, dtype=torch.float64)).dtype == torch.float64
+    assert network_time(t, torch.zeros(2, 1, dtype=torch.float16)).dtype == torch.float32
+    torch.testing.assert_close(network_time(t, torch.zeros(2, 1)), torch.tensor([3.0, 4.0]))
