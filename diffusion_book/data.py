@@ -70,6 +70,19 @@ def _log_normal_diag(x, mean, var):
     return -0.5 * (((x - mean) ** 2) / var + torch.log(2 * math.pi * var)).sum(-1)
 
 
+def _check_labels(labels, K: int) -> torch.Tensor:
+    "Component classes as int64 `(K,)`, every class 0…C−1 used by at least one component."
+    labels = torch.as_tensor(labels)
+    check_tensor(labels, "labels", shape=(K,), floating=False)
+    if labels.dtype == torch.bool:
+        raise TypeError("labels must be integer class ids, not booleans.")
+    labels = labels.long().cpu()
+    used = set(labels.tolist())
+    if min(used) < 0 or used != set(range(max(used) + 1)):
+        raise ValueError(f"labels must give each component a class in 0…C−1 with every class used; got {sorted(used)}.")
+    return labels
+
+
 class GaussianMixture:
     "Mixture of Gaussians with diagonal covariances: exact log-density, score, samples and noised marginals."
 
@@ -77,6 +90,7 @@ class GaussianMixture:
                  means: torch.Tensor,  # (K, D) component means
                  stds,  # standard deviations: a number, (K,) or (K, D)
                  weights: torch.Tensor | None = None,  # (K,) positive mixture weights (normalised here); uniform if None
+                 labels: torch.Tensor | None = None,  # (K,) class of each component, covering 0…C−1; None: no classes
                  ):
         means = torch.as_tensor(means)
         check_tensor(means, "means", ndim=2, floating=True, finite=True)
@@ -93,6 +107,7 @@ class GaussianMixture:
         if (weights <= 0).any():
             raise ValueError("weights must be strictly positive.")
         self.means, self.stds, self.weights = means, stds, weights / weights.sum()
+        self.labels = None if labels is None else _check_labels(labels, K)  # (K,) int64 on the CPU, or None
 
     @property
     def K(self) -> int: return self.means.shape[0]
@@ -100,13 +115,19 @@ class GaussianMixture:
     @property
     def D(self) -> int: return self.means.shape[1]
 
+    @property
+    def num_classes(self) -> int | None:
+        "C, the number of classes (None without labels)."
+        return None if self.labels is None else int(self.labels.max()) + 1
+
     def to(self, *args, **kwargs) -> "GaussianMixture":
         "A copy on another device/dtype (same arguments as `Tensor.to`)."
         return GaussianMixture(self.means.to(*args, **kwargs), self.stds.to(*args, **kwargs),
-                               self.weights.to(*args, **kwargs))
+                               self.weights.to(*args, **kwargs), self.labels)
 
     def __repr__(self):
-        return f"GaussianMixture(K={self.K}, D={self.D}, dtype={self.means.dtype})"
+        classes = "" if self.labels is None else f", C={self.num_classes}"
+        return f"GaussianMixture(K={self.K}, D={self.D}{classes}, dtype={self.means.dtype})"
 
     def sample(self, n: int,  # number of samples
                generator: torch.Generator | None = None,  # CPU generator for reproducible draws
@@ -157,7 +178,8 @@ class GaussianMixture:
         ab = float(alpha_bar)
         if not 0 < ab <= 1:
             raise ValueError(f"alpha_bar must lie in (0, 1], got {ab}.")
-        return GaussianMixture(math.sqrt(ab) * self.means, (ab * self.stds**2 + (1 - ab)).sqrt(), self.weights)
+        return GaussianMixture(math.sqrt(ab) * self.means, (ab * self.stds**2 + (1 - ab)).sqrt(), self.weights,
+                               self.labels)
 
     def eps_oracle(self, x_t: torch.Tensor,  # (N, D) noised points
                    alpha_bar,  # their noise level: a number or (N,) tensor in (0, 1)
@@ -463,3 +485,42 @@ def load_image_dataset(name: str,  # one of `IMAGE_DATASETS`
         return load_digits(split)
     x, y = IMAGE_DATASETS[name](split, root)
     return to_model_range(x), y
+
+# %% ../nbs/01_data.ipynb #9c7f3f1f
+def _need_labels(self):
+    if self.labels is None:
+        raise ValueError("this mixture has no classes: build it with labels= (the class of each component).")
+    return self.labels.to(self.means.device)
+
+
+def _class_prior(self) -> torch.Tensor:
+    "p(c) = Σ_{k: ℓ_k = c} w_k, the weight of each class: `(C,)`."
+    labels = self._need_labels()
+    return torch.zeros(self.num_classes, dtype=self.weights.dtype, device=self.weights.device).index_add_(0, labels, self.weights)
+
+
+def _class_log_posterior(self, x: torch.Tensor,  # (N, D) points
+                         alpha_bar=1.0,  # noise level: a number or (N,) tensor in (0, 1]; 1 = clean data
+                         ) -> torch.Tensor:
+    "log p(c | x_t = x) = log Σ_{k: ℓ_k = c} w_k N_k(x) − log p_ᾱ(x), the exact noisy classifier: `(N, C)`."
+    labels = self._need_labels().to(x.device)
+    lp = self.component_log_probs(x, alpha_bar)  # (N, K)
+    member = labels[None, :] == torch.arange(self.num_classes, device=x.device)[:, None]  # (C, K)
+    per_class = torch.logsumexp(lp[:, None, :].masked_fill(~member, float("-inf")), dim=-1)  # (N, C)
+    return per_class - torch.logsumexp(lp, dim=1, keepdim=True)
+
+
+def _given(self, c: int,  # a class in 0…C−1
+           ) -> "GaussianMixture":
+    "p(x | c): the components of class c with their weights renormalised (a new mixture, without labels)."
+    self._need_labels()
+    if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < self.num_classes:
+        raise ValueError(f"c must be a class id in 0…{self.num_classes - 1}, got {c!r}.")
+    keep = (self.labels == int(c)).to(self.means.device)
+    return GaussianMixture(self.means[keep], self.stds[keep], self.weights[keep])
+
+
+GaussianMixture._need_labels = _need_labels
+GaussianMixture.class_prior = _class_prior
+GaussianMixture.class_log_posterior = _class_log_posterior
+GaussianMixture.given = _given
