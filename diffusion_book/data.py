@@ -23,9 +23,11 @@ from torch.utils.data import TensorDataset
 from .utils import cache_dir, check_tensor
 
 # %% auto #0
-__all__ = ['TOY_DATASETS', 'NPM_DATASETS', 'IMAGE_DATASETS', 'sample_toy', 'GaussianMixture', 'ring_mixture', 'two_modes',
+__all__ = ['TOY_DATASETS', 'NPM_DATASETS', 'IMAGE_DATASETS', 'SHAPE_NAMES', 'COLOUR_NAMES', 'COLOUR_RGB', 'SIZE_NAMES',
+           'POSITION_NAMES', 'SHAPES_SPLITS', 'sample_toy', 'GaussianMixture', 'ring_mixture', 'two_modes',
            'load_digits', 'digits_dataset', 'read_idx', 'load_idx_images', 'npz_cache_path', 'fetch_dataset',
-           'load_mnist', 'load_fashion_mnist', 'load_cifar10', 'to_model_range', 'load_image_dataset']
+           'load_mnist', 'load_fashion_mnist', 'load_cifar10', 'to_model_range', 'load_image_dataset', 'shapes_caption',
+           'load_shapes', 'detect_shapes', 'shapes_accuracy', 'degrade']
 
 # %% ../nbs/01_data.ipynb #3392fa31
 def _two_moons(n, g):
@@ -524,3 +526,191 @@ GaussianMixture._need_labels = _need_labels
 GaussianMixture.class_prior = _class_prior
 GaussianMixture.class_log_posterior = _class_log_posterior
 GaussianMixture.given = _given
+
+# %% ../nbs/01_data.ipynb #afc31641
+from .utils import by_scale
+
+SHAPE_NAMES = ("circle", "square", "triangle", "cross")
+COLOUR_NAMES = ("red", "green", "blue", "yellow")
+COLOUR_RGB = np.array([[230, 40, 40], [40, 200, 60], [50, 90, 240], [240, 220, 40]], dtype=np.float32)  # (4, 3)
+SIZE_NAMES = ("small", "large")
+POSITION_NAMES = ("top left", "top right", "bottom left", "bottom right")  # quadrant q = 2·row + col
+SHAPES_SPLITS = {"train": 6000, "test": 1000}  # images per split; `load_shapes(split, n)` takes a prefix
+_SHAPE_KEYS = ("shape", "colour", "size", "position")
+
+
+def _shape_masks(shape: np.ndarray, size: np.ndarray, cy: np.ndarray, cx: np.ndarray, H: int) -> np.ndarray:
+    "Boolean masks `(N, H, H)` of one object per image, drawn from coordinate grids (no rasteriser needed)."
+    r = np.where(size == 1, 7.0, 4.0)[:, None, None] * H / 32  # half-extent in pixels
+    yy, xx = np.mgrid[0:H, 0:H].astype(np.float32) + 0.5  # pixel centres
+    dy, dx = (yy[None] - cy[:, None, None]) / r, (xx[None] - cx[:, None, None]) / r  # (N, H, H), in units of r
+    inside = (np.abs(dy) <= 1) & (np.abs(dx) <= 1)
+    s = shape[:, None, None]
+    circle = dy ** 2 + dx ** 2 <= 1
+    triangle = inside & (np.abs(dx) <= (dy + 1) / 2)  # apex at the top, base at the bottom
+    cross = inside & ((np.abs(dx) <= 1 / 3) | (np.abs(dy) <= 1 / 3))
+    return np.where(s == 0, circle, np.where(s == 1, inside, np.where(s == 2, triangle, cross)))
+
+
+def _shapes_attributes(n: int, rng: np.random.Generator, two_object_frac: float) -> dict:
+    "Draw the attributes of `n` images: one object, or two in adjacent quadrants (a 'left of' or 'above' pair)."
+    two = rng.random(n) < two_object_frac
+    shape, colour = rng.integers(0, 4, (n, 2)), rng.integers(0, 4, (n, 2))
+    # the second object differs from the first in shape and colour, so a caption can be mis-bound
+    shape[:, 1] = (shape[:, 0] + rng.integers(1, 4, n)) % 4
+    colour[:, 1] = (colour[:, 0] + rng.integers(1, 4, n)) % 4
+    size = rng.integers(0, 2, (n, 2))
+    size[two] = 0  # pairs are small, so captions need not name sizes
+    q0 = rng.integers(0, 4, n)
+    horizontal = rng.random(n) < 0.5  # a left/right pair (same row) or a top/bottom pair (same column)
+    first = np.where(horizontal, 2 * (q0 // 2), q0 % 2)  # the left (or top) quadrant of the pair
+    second = np.where(horizontal, first + 1, first + 2)
+    position = np.stack([np.where(two, first, q0), np.where(two, second, -1)], 1)
+    attrs = {"count": np.where(two, 2, 1), "shape": shape, "colour": colour, "size": size, "position": position}
+    for k in _SHAPE_KEYS:
+        attrs[k][~two, 1] = -1
+    attrs["jitter"] = rng.integers(-1, 2, (n, 2, 2))  # pixels (at 32×32) off the quadrant centre, (dy, dx)
+    return attrs
+
+
+def _render_shapes(attrs: dict, H: int) -> np.ndarray:
+    "Draw the objects of `attrs` onto black `(N, 3, H, H)` uint8 images."
+    n = len(attrs["count"])
+    img = np.zeros((n, H, H, 3), np.float32)
+    for j in range(2):
+        on = attrs["count"] > j
+        q = attrs["position"][on, j]
+        cy = (q // 2 * 2 + 1) * H / 4 + attrs["jitter"][on, j, 0] * H / 32  # quadrant centre + jitter
+        cx = (q % 2 * 2 + 1) * H / 4 + attrs["jitter"][on, j, 1] * H / 32
+        m = _shape_masks(attrs["shape"][on, j], attrs["size"][on, j], cy, cx, H)  # (n_on, H, H)
+        rgb = COLOUR_RGB[attrs["colour"][on, j]][:, None, None, :]  # (n_on, 1, 1, 3)
+        img[on] = np.where(m[..., None], rgb, img[on])
+    return img.round().astype(np.uint8).transpose(0, 3, 1, 2)  # (N, 3, H, H)
+
+# %% ../nbs/01_data.ipynb #5079f89c
+def shapes_caption(attrs: dict,  # attributes as returned by `load_shapes` / `detect_shapes`
+                   i: int,  # image index
+                   ) -> str:
+    "The caption of image `i`: 'a small red circle at the top left' or 'a red circle left of a blue square'."
+    name = lambda j: f"{COLOUR_NAMES[attrs['colour'][i, j]]} {SHAPE_NAMES[attrs['shape'][i, j]]}"
+    if attrs["count"][i] == 1:
+        return f"a {SIZE_NAMES[attrs['size'][i, 0]]} {name(0)} at the {POSITION_NAMES[attrs['position'][i, 0]]}"
+    p0, p1 = attrs["position"][i, :2]
+    rel = "left of" if p1 == p0 + 1 else "above"
+    return f"a {name(0)} {rel} a {name(1)}"
+
+
+def load_shapes(split: str = "train",  # "train" (6,000 images) or "test" (1,000)
+                n: int | None = None,  # the first `n` images of the split (all if None)
+                seed: int = 0,  # seeds the whole data set; the splits are disjoint streams of it
+                *,
+                size: int | None = None,  # image side; None → 32 at SMALL, 64 at FULL
+                two_object_frac: float = 0.3,  # fraction of images with two objects
+                ) -> tuple[torch.Tensor, list[str], dict]:
+    "Captioned shapes: `(images uint8 (N, 3, H, W), captions, attributes)`; attributes are int64 `(N,)`/`(N, 2)` tensors."
+    if split not in SHAPES_SPLITS:
+        raise ValueError(f"split must be one of {sorted(SHAPES_SPLITS)}, got {split!r}.")
+    total = SHAPES_SPLITS[split]
+    n = total if n is None else n
+    if not isinstance(n, int) or not 0 < n <= total:
+        raise ValueError(f"n must be an integer in [1, {total}] for split {split!r}, got {n!r}.")
+    size = by_scale(32, 64) if size is None else size
+    if not isinstance(size, int) or size < 16 or size % 16:
+        raise ValueError(f"size must be a multiple of 16 (≥ 16), got {size!r}.")
+    if not 0 <= two_object_frac <= 1:
+        raise ValueError(f"two_object_frac must lie in [0, 1], got {two_object_frac}.")
+    rng = np.random.default_rng([seed, list(SHAPES_SPLITS).index(split)])
+    attrs = _shapes_attributes(total, rng, two_object_frac)  # drawn for the whole split: n takes a prefix
+    attrs = {k: v[:n] for k, v in attrs.items()}
+    images = _render_shapes(attrs, size)
+    captions = [shapes_caption(attrs, i) for i in range(n)]
+    attrs = {k: torch.from_numpy(attrs[k].astype(np.int64)) for k in ("count", *_SHAPE_KEYS)}
+    return torch.from_numpy(images), captions, attrs
+
+# %% ../nbs/01_data.ipynb #91496a25
+def _neighbours3(x: np.ndarray) -> np.ndarray:
+    "The 3×3 neighbourhood of every pixel, stacked on a new first axis `(9, …, H, W)` (edge-padded)."
+    p = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)], mode="edge")
+    H, W = x.shape[-2:]
+    return np.stack([p[..., i:i + H, j:j + W] for i in range(3) for j in range(3)])
+
+
+def _box_blur3(x: np.ndarray) -> np.ndarray:
+    "3×3 mean filter over the last two axes."
+    return _neighbours3(x).mean(0)
+
+
+def detect_shapes(images: torch.Tensor,  # (N, 3, H, W) uint8 images (or floats in [-1, 1])
+                  *,
+                  min_fraction: float = 0.03,  # a quadrant holds an object if this fraction of it is foreground
+                  ) -> dict:
+    "Read count, shape, colour, size and position back from pixels, quadrant by quadrant; no learned weights."
+    check_tensor(images, "images", ndim=4)
+    if images.shape[1] != 3 or images.shape[2] != images.shape[3] or images.shape[2] % 2:
+        raise ValueError(f"images must be (N, 3, H, H) with H even, got shape {tuple(images.shape)}.")
+    x = images.detach().cpu().double().numpy()
+    if images.is_floating_point():
+        x = (x + 1) * 127.5
+    N, _, H, _ = x.shape
+    h = H // 2
+    fg = np.partition(_neighbours3(x.max(1).astype(np.float32)), 4, axis=0)[4] > 110  # (N, H, H): a bright channel; 3×3 median vs noise
+    out = {k: np.full((N, 2), -1, np.int64) for k in _SHAPE_KEYS}
+    count = np.zeros(N, np.int64)
+    yy = (np.arange(h) + 0.5)[None, :, None]
+    for q in range(4):
+        r0, c0 = q // 2 * h, q % 2 * h
+        m = fg[:, r0:r0 + h, c0:c0 + h]  # (N, h, h)
+        area = m.sum((1, 2))
+        present = area >= min_fraction * h * h
+        rows, cols = m.any(2), m.any(1)  # (N, h)
+        top, bottom = rows.argmax(1), h - rows[:, ::-1].argmax(1)
+        left, right = cols.argmax(1), h - cols[:, ::-1].argmax(1)
+        bh, bw = np.maximum(bottom - top, 1), np.maximum(right - left, 1)
+        fill = area / (bh * bw)
+        mid = (top + bottom) / 2
+        upper = (m & (yy < mid[:, None, None])).sum((1, 2))
+        lower = area - upper
+        tri = (lower - upper) / np.maximum(area, 1)  # a triangle (apex up) has most mass in its lower half
+        shape = np.where(fill > 0.88, 1, np.where(tri > 0.2, 2, np.where(fill > 0.68, 0, 3)))
+        size = (np.maximum(bh, bw) > 11 * H / 32).astype(np.int64)
+        rgb = (x[:, :, r0:r0 + h, c0:c0 + h] * m[:, None]).sum((2, 3)) / np.maximum(area, 1)[:, None]  # (N, 3)
+        colour = ((rgb[:, None, :] - COLOUR_RGB[None]) ** 2).sum(-1).argmin(1)
+        slot = np.minimum(count, 1)
+        write = present & (count < 2)
+        idx = np.nonzero(write)[0]
+        for k, v in (("shape", shape), ("colour", colour), ("size", size), ("position", np.full(N, q))):
+            out[k][idx, slot[idx]] = v[idx]
+        count += present
+    return {"count": torch.from_numpy(count), **{k: torch.from_numpy(v) for k, v in out.items()}}
+
+
+def shapes_accuracy(pred: dict,  # attributes from `detect_shapes`
+                    true: dict,  # attributes from `load_shapes`
+                    ) -> dict:
+    "Fractions of images read correctly: per attribute (both objects, in position order) and `all` (everything)."
+    ok = {"count": pred["count"] == true["count"]}
+    for k in _SHAPE_KEYS:
+        ok[k] = (pred[k] == true[k]).all(1) & ok["count"]
+    ok["all"] = torch.stack(list(ok.values())).all(0)
+    return {k: v.double().mean().item() for k, v in ok.items()}
+
+
+def degrade(images: torch.Tensor,  # (N, 3, H, W) uint8
+            kind: str,  # "noise", "blur" or "jitter"
+            strength: float,  # noise σ in pixel levels; blur passes; jitter: max relative channel gain change
+            generator: torch.Generator | None = None,
+            ) -> torch.Tensor:
+    "Corrupted copies (uint8) of `images`: the floors the detector's accuracy is read against."
+    check_tensor(images, "images", ndim=4, floating=False)
+    x = images.double()
+    if kind == "noise":
+        x = x + strength * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    elif kind == "blur":
+        for _ in range(int(strength)):
+            x = torch.from_numpy(_box_blur3(x.numpy()))
+    elif kind == "jitter":
+        gain = 1 + strength * (2 * torch.rand(len(x), 3, 1, 1, generator=generator, dtype=x.dtype) - 1)
+        x = x * gain
+    else:
+        raise ValueError(f"kind must be 'noise', 'blur' or 'jitter', got {kind!r}.")
+    return x.round().clamp(0, 255).to(torch.uint8)
