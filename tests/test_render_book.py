@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import struct
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -35,6 +36,7 @@ def _load(name):
 
 render_book = _load("render_book")
 check_book = _load("check_book")
+book_filter = _load("book_filter")
 
 
 def tiny_png(w=4, h=3):
@@ -51,10 +53,19 @@ DISPLAY_MATH = "$$\nq(x_t \\mid x_0) = \\mathcal{N}(x_t; \\sqrt{\\bar\\alpha_t}\
 CASES_MATH = "$$\n\\beta_t = \\begin{cases} a_1 & t<2 \\\\ b_2 & \\text{else} \\end{cases}\n$$"
 
 
+BIB = """@inproceedings{ho2020denoising,
+  title = {Denoising Diffusion Probabilistic Models},
+  author = {Ho, Jonathan and Jain, Ajay and Abbeel, Pieter},
+  booktitle = {NeurIPS}, year = {2020}, eprint = {2006.11239}, archivePrefix = {arXiv}
+}
+"""
+
+
 def make_book(root: Path) -> Path:
     """Write a fake book under `root`; return the path of its _quarto.yml."""
     (root / "nbs").mkdir(parents=True)
     (root / "_build" / "executed").mkdir(parents=True)
+    (root / "nbs" / "references.bib").write_text(BIB)
     (root / "_quarto.yml").write_text(
         "project:\n  type: book\n  output-dir: _book\n"
         "book:\n  title: \"Tiny book\"\n  subtitle: \"A test\"\n  chapters:\n"
@@ -62,28 +73,32 @@ def make_book(root: Path) -> Path:
 
     index = new_notebook(cells=[
         new_markdown_cell("# Tiny book\n\n> A book for the tests.\n\n"
-                          "Data are $x_0 \\sim q(x_0)$; see [the forward process](02_forward_process.ipynb#closed-form)."),
+                          "Data are $x_0 \\sim q(x_0)$; see [the forward process](02_forward_process.ipynb#sec-closed), "
+                          "its closed form @eq-closed, @fig-schedule and @sec-closed."),
         new_code_cell("print('hello from index')",
                       outputs=[new_output("stream", name="stdout", text="hello from index\n")]),
     ])
     png = tiny_png()
     fwd = new_notebook(cells=[
-        new_markdown_cell("# The forward process\n\n> Noise, step by step.\n\n## Closed form\n\n"
-                          f"With {INLINE_MATH} we get\n\n{DISPLAY_MATH}\n\nand a_b_c, *emphasis*, a price of \\$5.\n\n"
-                          f"{CASES_MATH}"),
+        new_markdown_cell("# The forward process\n\n> Noise, step by step.\n\n## Closed form {#sec-closed}\n\n"
+                          f"With {INLINE_MATH} we get\n\n{DISPLAY_MATH} {{#eq-closed}}\n\nand a_b_c, *emphasis*, a price of \\$5.\n\n"
+                          f"{CASES_MATH} {{#eq-cases}}\n\nBy @eq-cases and [-@eq-closed], as in [@ho2020denoising, Eq. 4]."),
         new_code_cell("#| default_exp forward"),
         new_code_cell("#| hide\nSECRET_HIDDEN = 1"),
         new_code_cell("#| export\ndef alpha_bar(betas):\n    \"Cumulative product of 1 - beta.\"\n    return betas"),
+        new_code_cell("#| export\n#| code-fold: true\ndef _check_betas(betas):\n    return FOLDED_HELPER"),
         new_code_cell("#| echo: false\nprint('ECHO_FALSE_CODE')",
                       outputs=[new_output("stream", name="stdout", text="only the output\n")]),
         new_code_cell("#| output: false\nprint('OUTPUT_FALSE_CODE')",
                       outputs=[new_output("stream", name="stdout", text="OUTPUT_FALSE_TEXT\n")]),
         new_code_cell("#| include: false\nINCLUDE_FALSE = 1"),
         new_markdown_cell("## A figure"),
-        new_code_cell("#| fig-cap: \"The schedule $\\\\bar\\\\alpha_t$.\"\nplot()", outputs=[
+        new_code_cell("#| label: fig-schedule\n#| fig-cap: \"The schedule $\\\\bar\\\\alpha_t$.\"\nplot()", outputs=[
             new_output("stream", name="stderr", text="\r  0%|          | 0/9 [00:00<?, ?it/s]\r100%|##########| 9/9 [00:00<00:00, 99.1it/s]\n"),
             new_output("display_data", data={"image/png": base64.b64encode(png).decode(), "text/plain": "<Figure>"}),
         ]),
+        new_code_cell("from IPython.display import Markdown", outputs=[new_output(
+            "display_data", data={"text/markdown": "Computed: see @fig-schedule [@ho2020denoising].", "text/plain": "md"})]),
         new_code_cell("1/0", outputs=[new_output("error", ename="ZeroDivisionError", evalue="division by zero",
                                                  traceback=["ZeroDivisionError: division by zero"])]),
         new_code_cell("x = 2\nx", outputs=[new_output("execute_result", data={"text/plain": "2"}, execution_count=1)]),
@@ -126,10 +141,14 @@ def main_of(html: str) -> str:
 def test_pages_and_manifest(plain_book):
     assert (plain_book / "index.html").is_file() and (plain_book / "02_forward_process.html").is_file()
     manifest = json.loads((plain_book / "book.json").read_text())
-    assert [c["file"] for c in manifest["chapters"]] == ["index.html", "02_forward_process.html"]
+    assert [c["file"] for c in manifest["chapters"]] == ["index.html", "02_forward_process.html", "bibliography.html"]
     assert manifest["chapters"][1]["title"] == "The forward process"
     assert manifest["chapters"][1]["number"] == "2"
+    assert all(not c["missing_refs"] for c in manifest["chapters"]) and not manifest["citation_warnings"]
     assert (plain_book / "site_libs" / "book.css").is_file() and (plain_book / "site_libs" / "pygments.css").is_file()
+    # the executed notebook is offered for download next to its page
+    assert (plain_book / "02_forward_process.ipynb").is_file()
+    assert 'href="02_forward_process.ipynb" download' in page(plain_book, "02_forward_process.html")
 
 
 def test_directives(plain_book):
@@ -137,49 +156,86 @@ def test_directives(plain_book):
     assert "SECRET_HIDDEN" not in body                     # #| hide drops the cell
     assert "#|" not in body and "#| export" not in body    # directive lines are stripped from shown code
     assert "alpha_bar" in body                             # ...but exported code stays visible
-    assert "default_exp" not in body and "forward" not in body.split("alpha_bar")[0].split("Closed form")[-1].split("</p>")[-1]
+    assert "default_exp" not in body
     assert "ECHO_FALSE_CODE" not in body and "only the output" in body   # #| echo: false
     assert "OUTPUT_FALSE_CODE" in body and "OUTPUT_FALSE_TEXT" not in body  # #| output: false
     assert "INCLUDE_FALSE" not in body                     # #| include: false
     assert "In&nbsp;[" not in body and "In [" not in body  # no prompts
+    fold = re.search(r'<details class="code-fold"><summary>Show the code</summary>(.*?)</details>', body, re.S)
+    assert fold and "FOLDED_HELPER" in fold.group(1) and "alpha_bar" not in fold.group(1)  # #| code-fold: true
+    assert 'id="def-alpha_bar"' in body and 'id="def-_check_betas"' not in body  # anchors for exported names
 
 
-def test_math_reaches_page_intact(plain_book):
+def test_math_is_left_for_katex(plain_book):
     body = main_of(page(plain_book, "02_forward_process.html"))
-    assert INLINE_MATH in body
+    assert '<span class="math inline">\\bar\\alpha_t = \\prod_{s=1}^t \\alpha_s</span>' in body
     assert "\\mathcal{N}(x_t; \\sqrt{\\bar\\alpha_t}\\, x_0, (1-\\bar\\alpha_t)\\mathbf{I})" in body
-    assert body.count("$$") == 4
-    # `\\` and `&` / `<` inside math survive (the latter HTML-escaped, which the browser undoes)
-    assert "a_1 &amp; t&lt;2 \\\\ b_2" in body
-    prose = body.replace('<span class="nomath">$</span>', "")
-    for para in re.findall(r"<p>(.*?)</p>", prose, re.S):   # markdown never touched the inside of math
-        for math in re.findall(r"\$\$?(.+?)\$\$?", para, re.S):
-            assert "<em>" not in math and "<strong>" not in math and "&#92;" not in math, math
-    assert "a_b_c" in body and "<em>emphasis</em>" in body
-    assert '<span class="nomath">$</span>5' in body        # an escaped dollar is protected from auto-render
+    assert "a_1 &amp; t&lt;2 \\\\ b_2" in body                  # `\\`, `&`, `<` inside math survive
+    for math in re.findall(r'<span class="math[^"]*">(.*?)</span>', body, re.S):
+        assert "<em>" not in math and "<strong>" not in math, math
+    assert "a_b_c" in body and "<em>emphasis</em>" in body and "price of $5" in body
+
+
+def test_equations_figures_sections_are_numbered(plain_book):
+    body = main_of(page(plain_book, "02_forward_process.html"))
+    # per-chapter numbers from the file prefix; KaTeX draws \tag{2.1} at the right margin
+    assert re.search(r'<span id="eq-closed" class="equation"><span class="math display">[^<]*\\tag\{2\.1\}', body)
+    assert re.search(r'<span id="eq-cases" class="equation"><span class="math display">[^<]*\\tag\{2\.2\}', body)
+    assert "{#eq-" not in body
+    assert re.search(r'<figure id="fig-schedule"[^>]*>.*?<img src="figures/02_forward_process-1.png".*?'
+                     r'<figcaption><span class="figure-number">Figure 2\.1:</span> The schedule', body, re.S)
+    assert '<span class="header-section-number">2.1</span> Closed form' in body
+    assert '<span class="header-section-number">2.2</span> A figure' in body
+
+
+def test_cross_references_resolve_within_and_across_chapters(plain_book):
+    body = main_of(page(plain_book, "02_forward_process.html"))
+    assert 'By <a href="#eq-cases" class="xref">(2.2)</a> and <a href="#eq-closed" class="xref">2.1</a>' in body
+    assert '<a href="#fig-schedule" class="xref">Figure 2.1</a>' in body      # from a Markdown() output
+    idx = main_of(page(plain_book, "index.html"))
+    assert '<a href="02_forward_process.html#eq-closed" class="xref">(2.1)</a>' in idx
+    assert '<a href="02_forward_process.html#fig-schedule" class="xref">Figure 2.1</a>' in idx
+    assert '<a href="02_forward_process.html#sec-closed" class="xref">Section 2.1</a>' in idx
+    assert "@eq-" not in idx and "?@" not in idx
+
+
+def test_citations_and_references(plain_book):
+    body = main_of(page(plain_book, "02_forward_process.html"))
+    assert re.search(r'\(<a href="#ref-ho2020denoising"[^>]*>Ho et al\. 2020</a>, Eq\. 4\)', body)
+    assert 'id="references"' in body and 'id="ref-ho2020denoising"' in body   # a References section at the end
+    assert "Denoising Diffusion Probabilistic Models" in body.split('id="references"')[1]
+    assert "References" not in main_of(page(plain_book, "index.html"))        # no citations, no section
+    bib = main_of(page(plain_book, "bibliography.html"))
+    assert 'id="ref-ho2020denoising"' in bib
 
 
 def test_figure_and_outputs(plain_book):
     body = main_of(page(plain_book, "02_forward_process.html"))
-    fig = plain_book / "figures" / "02_forward_process-1.png"
-    assert fig.read_bytes() == tiny_png()
-    assert '<img src="figures/02_forward_process-1.png"' in body
-    assert "<figcaption>The schedule $\\bar\\alpha_t$.</figcaption>" in body
+    assert (plain_book / "figures" / "02_forward_process-1.png").read_bytes() == tiny_png()
     assert "it/s" not in body                              # tqdm progress bars on stderr are dropped
     assert "ZeroDivisionError" in body and "division by zero" in body
     assert "<pre>2</pre>" in body
+
+
+def test_search_index(plain_book):
+    text = (plain_book / "search-index.js").read_text()
+    docs = json.loads(text.split("=", 1)[1].rstrip().rstrip(";"))
+    closed = [d for d in docs if d["url"] == "02_forward_process.html#sec-closed"]
+    assert closed and closed[0]["title"] == "2.1 Closed form" and "emphasis" in closed[0]["text"]
+    assert check_book.search_term(plain_book, json.loads((plain_book / "book.json").read_text()))[1] in (
+        "02_forward_process.html", "index.html", "bibliography.html")
 
 
 def test_navigation(plain_book):
     idx, fwd = page(plain_book, "index.html"), page(plain_book, "02_forward_process.html")
     for html in (idx, fwd):
         assert 'href="index.html"' in html and 'href="02_forward_process.html"' in html
-        assert "Rendered offline by tools/render_book.py from executed notebooks" in html
-        assert not re.search(r'(href|src)="(https?:)?//', html)  # everything relative, nothing from a CDN
+        assert "Rendered offline by tools/render_book.py" in html
+        assert not re.search(r'(<link[^>]*href|src)="(https?:)?//', html)  # nothing loaded from a CDN
     assert re.search(r'<li class="current"><a href="02_forward_process.html"', fwd)
     assert 'class="prev" href="index.html"' in fwd and 'class="next" href="02_forward_process.html"' in idx
-    assert '<a href="02_forward_process.html#closed-form">' in idx   # .ipynb links point at the pages
-    assert 'href="#closed-form"' in fwd and 'id="closed-form"' in fwd  # TOC entry and its anchor
+    assert 'href="02_forward_process.html#sec-closed"' in idx   # .ipynb links point at the pages
+    assert 'href="#sec-closed"' in fwd and 'id="sec-closed"' in fwd  # TOC entry and its anchor
     assert '<span class="chapter-number">2</span>' in fwd
 
 
@@ -190,15 +246,47 @@ def test_parse_directives():
     assert code == "y = 2"
 
 
-def test_markdown_extras(tmp_path):
-    ctx = render_book.PageContext("t", tmp_path, [], {"02_forward_process": "02_forward_process.html"})
-    out = render_book.render_markdown(
-        "## Setup {#sec-setup .unnumbered}\n\n::: {.callout-note}\n## Why $\\bar\\alpha_t$?\nBecause.\n:::\n\n"
-        "[next](02_forward_process.ipynb#closed-form) and [other](sub/x.ipynb)", ctx)
-    assert '<h2 id="sec-setup" class="unnumbered">Setup' in out and "{#sec-setup" not in out
-    assert '<div class="callout callout-note"><div class="callout-title">Why $\\bar\\alpha_t$?</div>' in out
-    assert 'href="02_forward_process.html#closed-form"' in out and 'href="sub/x.html"' in out
-    assert [h.id for h in ctx.headings] == ["sec-setup"]
+# ---- the filter on tiny inputs, without notebooks ------------------------------------------------
+
+def ast_of(md: str) -> dict:
+    out = subprocess.run([render_book.pandoc_path(), "-f", render_book.READER, "-t", "json"], input=md,
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def test_filter_numbers_per_chapter_and_reports_unknown_labels():
+    a = ast_of("## One\n\n$$a$$ {#eq-a}\n\n$$b$$\n\n$$c$$ {#eq-c}, then text.\n\n![cap](f.png){#fig-f}\n")
+    b = ast_of("See @eq-a, @eq-c, [-@eq-c], @fig-f and @eq-nope; [@eq-a; @ho2020denoising].")
+    labels: dict = {}
+    assert book_filter.number_labels(a, "7", "07.html", labels) == []
+    assert book_filter.number_labels(b, "8", "08.html", labels) == []
+    assert {k: v["text"] for k, v in labels.items()} == {"eq-a": "(7.1)", "eq-c": "(7.2)", "fig-f": "Figure 7.1"}
+    assert book_filter.stringify(a["blocks"][0]) == "7.1 One"
+    assert "\\tag{7.2}" in json.dumps(a) and ", then text." in book_filter.stringify(a)
+    missing = book_filter.resolve_refs(b, "08.html", labels)
+    assert missing == ["eq-nope"]
+    text = book_filter.stringify(b)
+    assert text.startswith("See (7.1), (7.2), 7.2, Figure 7.1 and ?@eq-nope;"), text
+    links = []
+    book_filter.walk(b["blocks"], lambda x: links.append(x["c"][2][0]) if x["t"] == "Link" else None)
+    assert links[:4] == ["07.html#eq-a", "07.html#eq-c", "07.html#eq-c", "07.html#fig-f"]
+    cites = []
+    book_filter.walk(b["blocks"], lambda x: cites.append(x["c"][0]) if x["t"] == "Cite" else None)
+    assert [[c["citationId"] for c in cs] for cs in cites] == [["ho2020denoising"]]  # the real one is left for citeproc
+    dup = ast_of("$$x$$ {#eq-a}")
+    assert book_filter.number_labels(dup, "9", "09.html", labels) == ["label eq-a defined twice (07.html and 09.html)"]
+
+
+def test_unresolved_references_and_citations_are_reported(tmp_path):
+    make_book(tmp_path)
+    nb_path = tmp_path / "_build" / "executed" / "index.ipynb"
+    nb = nbformat.read(str(nb_path), as_version=4)
+    nb.cells[0].source += " Also @eq-missing and [@nobody2099nothing]."
+    nbformat.write(nb, str(nb_path))
+    assert render(tmp_path, "--no-katex") == 0
+    manifest = json.loads((tmp_path / "_book" / "book.json").read_text())
+    assert manifest["chapters"][0]["missing_refs"] == ["eq-missing"]
+    assert any("nobody2099nothing" in w for w in manifest["citation_warnings"])
 
 
 def test_refuses_to_render_into_the_project(tmp_path, capsys):
@@ -219,7 +307,7 @@ def test_missing_executed_copy_is_a_clear_error(tmp_path, capsys):
 
 def test_missing_katex_is_a_clear_error(tmp_path, capsys):
     make_book(tmp_path)
-    assert render(tmp_path, "--katex", str(tmp_path / "no-katex-here")) == 1
+    assert render(tmp_path, "--vendor", str(tmp_path / "no-katex-here")) == 1
     assert "vendor_katex.py" in capsys.readouterr().err
 
 
@@ -235,7 +323,7 @@ def katex_book(tmp_path_factory):
         pytest.skip("KaTeX not vendored (run: python tools/vendor_katex.py)")
     root = tmp_path_factory.mktemp("katex")
     make_book(root)
-    assert render(root, "--katex", str(KATEX)) == 0
+    assert render(root, "--vendor", str(KATEX.parent)) == 0
     return root / "_book"
 
 
@@ -267,7 +355,13 @@ def test_browser_check_catches_problems(katex_book, tmp_path, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(katex_book, bad)
     p = bad / "index.html"
-    p.write_text(p.read_text().replace("</main>", "<p>stray $ sign</p><p>$\\frac{1}$</p><img src=\"figures/nope.png\"></main>"))
-    assert check_book.main([str(bad)]) == 1
+    p.write_text(p.read_text().replace("</main>", "<p>stray $ x_1 $ sign, ?@eq-gone</p>"
+                                       "<p><span class=\"math display\">\\[\\frac{1}\\]</span></p>"
+                                       "<p><span class=\"math display\">\\[" + "+".join(["x_{%d}" % i for i in range(120)])
+                                       + "\\]</span></p><pre class=\"sourceCode\"><code>" + "y = 1 " * 16 + "</code></pre>"
+                                       "<img src=\"figures/nope.png\"></main>"))
+    assert check_book.main([str(bad), "--narrow-pages", "0", "--width", "600"]) == 1
     out = capsys.readouterr().out
     assert "FAIL  index.html" in out and "raw $" in out and "KaTeX error" in out and "nope.png" in out
+    assert "unresolved cross-reference" in out and "display equation scrolls sideways" in out
+    assert "code block scrolls sideways" in out

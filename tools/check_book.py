@@ -14,16 +14,28 @@ status, JavaScript errors) as JSON into `<pre id="selfcheck">`, which the dumped
 Links and resources are checked here: every relative target must exist on disk (and `page.html#id`
 fragments must exist in the target page); pages must not load scripts/styles/images from the network.
 
+Each page is loaded at a 1400 px wide window (`--width`). Besides math, images and links, a page fails on
+* horizontal overflow (`scrollWidth > clientWidth`) of a display equation, or of a code block whose longest
+  line has at most 100 characters (`--code-chars`); code folded with `#| code-fold` is opened and measured;
+* an unresolved cross-reference (`?@eq-x` or a leftover `@eq-x` in the text, or one the renderer reported in
+  book.json) or citation (citeproc's "citation … not found" warnings, or its bold `key?` in the text).
+Book-wide checks: at a 420 px window (`--narrow`) the chapter list is collapsed and no page scrolls sideways
+(first pages checked: `--narrow-pages`); the search index finds a word that occurs in exactly one chapter
+(typed into MiniSearch in the browser, first hit on that chapter); the API page has an entry for every name
+in every module's `__all__` (read from the sources with `ast`, not from the renderer).
+
 Prints one PASS/FAIL line per page and a summary; exit 0 if all pass, 1 if any fails, 2 if Chromium
-is missing.  `--screenshot PATH` also saves a 1280x1600 PNG of `--screenshot-page` (for the README).
+is missing.  `--screenshot PATH` also saves a PNG of `--screenshot-page` at `--window-size` (for the README).
 
 Usage:
-    python tools/check_book.py _book [--screenshot docs/screenshot.png --screenshot-page 02_forward_process.html]
+    python tools/check_book.py _book [--screenshot docs/chapter-1400.png --screenshot-page 12_samplers.html]
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import collections
 import html
 import json
 import os
@@ -160,29 +172,50 @@ class PageResult:
         self.problems.append(msg)
 
 
+def load_facts(chromium: str, path: Path, budget_ms: int, timeout: float, width: int,
+               query: str = "") -> tuple[dict | None, str, str]:
+    """Open `path?selfcheck[&q=query]` at a `width` px window; return (facts, dumped DOM, error)."""
+    url = path.as_uri() + "?selfcheck" + (f"&q={query}" if query else "")
+    try:
+        proc = run_chromium(chromium, [f"--virtual-time-budget={budget_ms}", f"--window-size={width},1000",
+                                       "--dump-dom", url], timeout)
+    except subprocess.TimeoutExpired:
+        return None, "", f"chromium timed out after {timeout:.0f} s"
+    m = _SELFCHECK.search(proc.stdout)
+    if proc.returncode != 0 or not m:
+        err = (proc.stderr or "").strip().splitlines()[-3:]
+        return None, "", (f"page did not load or site_libs/book.js did not run (chromium exit {proc.returncode}); "
+                          + " | ".join(err))
+    return json.loads(html.unescape(m.group(1))), proc.stdout, ""
+
+
 def check_page(chromium: str, book: Path, page: str, expect_katex: bool, min_math: int,
-               budget_ms: int, timeout: float) -> PageResult:
+               budget_ms: int, timeout: float, width: int = 1400, code_chars: int = 100,
+               reported: dict | None = None) -> PageResult:
     res = PageResult(page)
     t0 = time.perf_counter()
     path = (book / page).resolve()
     if not path.is_file():
         res.fail(f"page missing: {path}")
         return res
-    url = path.as_uri() + "?selfcheck"
-    try:
-        proc = run_chromium(chromium, [f"--virtual-time-budget={budget_ms}", "--dump-dom", url], timeout)
-    except subprocess.TimeoutExpired:
-        res.fail(f"chromium timed out after {timeout:.0f} s")
-        return res
+    facts, dom, err = load_facts(chromium, path, budget_ms, timeout, width)
     res.seconds = time.perf_counter() - t0
-    dom = proc.stdout
-    m = _SELFCHECK.search(dom)
-    if proc.returncode != 0 or not m:
-        err = (proc.stderr or "").strip().splitlines()[-3:]
-        res.fail(f"page did not load or site_libs/book.js did not run (chromium exit {proc.returncode}); "
-                 + " | ".join(err))
+    if facts is None:
+        res.fail(err)
         return res
-    facts = json.loads(html.unescape(m.group(1)))
+    for o in facts.get("overflow", []):
+        if o["kind"] == "math":
+            res.fail(f"display equation scrolls sideways at {width} px ({o['scroll']} > {o['client']} px): {o['text']}")
+        elif o["longest"] <= code_chars:
+            res.fail(f"code block scrolls sideways at {width} px though its longest line has {o['longest']} "
+                     f"≤ {code_chars} characters ({o['scroll']} > {o['client']} px): {o['text']}")
+    for s_ in facts.get("unresolved", []):
+        res.fail(f"unresolved cross-reference or citation in text: …{s_}…")
+    for r in (reported or {}).get("missing_refs", []):
+        res.fail(f"renderer reports an unresolved cross-reference: @{r}")
+    for w in (reported or {}).get("warnings", []):
+        if "citation" in w.lower() or "label" in w.lower():
+            res.fail(f"renderer warning: {w}")
     res.math, res.display = facts.get("katex", 0), facts.get("katex_display", 0)
     res.images = len(facts.get("images", []))
     if expect_katex and not facts.get("katex_loaded"):
@@ -241,6 +274,84 @@ def screenshot(chromium: str, book: Path, page: str, out: Path, budget_ms: int, 
     return None
 
 
+# --------------------------------------------------------------------------------------------------
+# Book-wide checks: narrow window, search, API reference
+# --------------------------------------------------------------------------------------------------
+
+def check_narrow(chromium: str, book: Path, page: str, width: int, budget_ms: int, timeout: float) -> list[str]:
+    facts, _, err = load_facts(chromium, (book / page).resolve(), budget_ms, timeout, width)
+    if facts is None:
+        return [f"{page} at {width} px: {err}"]
+    out = []
+    if facts.get("chapters_open"):
+        out.append(f"{page} at {width} px: the chapter list is not collapsed")
+    if facts.get("page_overflow"):
+        out.append(f"{page} at {width} px: the page scrolls sideways")
+    if facts.get("content_left", 0) > 40:
+        out.append(f"{page} at {width} px: the text starts {facts['content_left']:.0f} px from the left edge")
+    return out
+
+
+def search_term(book: Path, manifest: dict) -> tuple[str, str] | None:
+    """A word that occurs in the search index of exactly one chapter page: (word, page). Preferred: a long
+    word from a section title of a late chapter."""
+    index = book / (manifest.get("search") or "search-index.js")
+    text = index.read_text(encoding="utf-8")
+    docs = json.loads(text[text.index("=") + 1:].rstrip().rstrip(";"))
+    where: dict[str, set] = collections.defaultdict(set)
+    for d in docs:
+        for w in re.findall(r"[A-Za-z]{6,}", d["title"] + " " + d["text"]):
+            where[w.lower()].add(d["page"])
+    chapters = [c["file"] for c in manifest["chapters"] if c.get("source")]
+    for field_, n in (("title", 8), ("text", 8), ("text", 6)):
+        for page in reversed(chapters):
+            text = " ".join(d[field_] for d in docs if d["page"] == page)
+            words = sorted({w.lower() for w in re.findall(rf"[A-Za-z]{{{n},}}", text) if where[w.lower()] == {page}})
+            if words:
+                return words[0], page
+    return None
+
+
+def check_search(chromium: str, book: Path, manifest: dict, budget_ms: int, timeout: float) -> tuple[list[str], str]:
+    picked = search_term(book, manifest)
+    if picked is None:
+        return ["search: no word occurs in exactly one chapter's section titles (index empty?)"], ""
+    word, page = picked
+    facts, _, err = load_facts(chromium, (book / "index.html").resolve(), budget_ms, timeout, 1400, query=word)
+    if facts is None:
+        return [f"search: {err}"], word
+    res = facts.get("search") or {}
+    if res.get("error"):
+        return [f"search for {word!r}: {res['error']}"], word
+    hits = res.get("results", [])
+    if not hits or hits[0]["page"] != page:
+        return [f"search for {word!r} (only in {page}) found {[h['url'] for h in hits[:3]]}"], word
+    target = hits[0]["url"]
+    problems, _ = check_refs(book / "index.html", f'<a href="{target}"></a>')
+    return [f"search result link: {p}" for p in problems], f"{word!r} -> {target}"
+
+
+def check_api(book: Path, manifest: dict, lib: Path) -> tuple[list[str], int]:
+    """Every name in every module's `__all__` (parsed from `lib`'s sources) has an entry on the API page."""
+    api = manifest.get("api") or {}
+    if not lib.is_dir():
+        return [], 0
+    page = book / (api.get("page") or "api.html")
+    if not page.is_file():
+        return [f"API reference page missing: {page.name}"], 0
+    ids = ids_of(page.resolve())
+    problems, n = [], 0
+    for path in sorted(lib.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets):
+                for name in ast.literal_eval(node.value):
+                    n += 1
+                    if f"api-{path.stem}-{name}" not in ids:
+                        problems.append(f"API entry missing for {path.relative_to(lib.parent)}: {name}")
+    return problems, n
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -253,7 +364,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="pages checked in parallel")
     ap.add_argument("--screenshot", type=Path, help="also save a PNG screenshot here")
     ap.add_argument("--screenshot-page", default=None, help="page for --screenshot (default: the second chapter)")
-    ap.add_argument("--window-size", default="1280,1600", help="screenshot size W,H (default 1280,1600)")
+    ap.add_argument("--window-size", default="1400,1000", help="screenshot size W,H (default 1400,1000)")
+    ap.add_argument("--shot", action="append", default=[], metavar="PAGE:W,H:PNG",
+                    help="save a screenshot of PAGE at a W x H window to PNG (repeatable)")
+    ap.add_argument("--shots-only", action="store_true", help="only take the screenshots, check nothing")
+    ap.add_argument("--width", type=int, default=1400, help="window width for the page checks (default 1400)")
+    ap.add_argument("--code-chars", type=int, default=100,
+                    help="code blocks whose longest line is at most this long must not scroll (default 100)")
+    ap.add_argument("--narrow", type=int, default=420, help="narrow window width to check (default 420)")
+    ap.add_argument("--narrow-pages", type=int, default=3, help="pages checked at the narrow width (default 3)")
+    ap.add_argument("--lib", type=Path, default=None,
+                    help="package whose __all__ names need API entries (default: diffusion_book next to the book)")
     args = ap.parse_args(argv)
 
     chromium = find_chromium(args.chromium)
@@ -265,10 +386,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"check_book: no book folder {book}; run tools/render_book.py first", file=sys.stderr)
         return 1
     pages, expect_katex = pages_of(book, args.config)
+    manifest = json.loads((book / "book.json").read_text()) if (book / "book.json").is_file() else {"chapters": []}
+    entries = {c["file"]: c for c in manifest["chapters"]}
+    status = 0
+    for spec in args.shot:
+        try:
+            pg, size, png = spec.split(":", 2)
+        except ValueError:
+            print(f"check_book: --shot wants PAGE:W,H:PNG, got {spec!r}", file=sys.stderr)
+            return 1
+        err = screenshot(chromium, book, pg, Path(png), args.budget_ms, args.timeout, size)
+        print(f"check_book: {err}" if err else f"screenshot of {pg} at {size} saved to {png}")
+        status = status or (1 if err else 0)
+    if args.shots_only:
+        return status
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda p: check_page(chromium, book, p, expect_katex, args.min_math,
-                                                     args.budget_ms, args.timeout), pages))
+        results = list(pool.map(lambda p: check_page(
+            chromium, book, p, expect_katex, args.min_math if entries.get(p, {}).get("source", True) else 0,
+            args.budget_ms, args.timeout, args.width, args.code_chars, entries.get(p)), pages))
+        narrow = list(pool.map(lambda p: check_narrow(chromium, book, p, args.narrow, args.budget_ms, args.timeout),
+                               pages[: args.narrow_pages]))
     width = max(len(p) for p in pages)
     for r in results:
         print(f"{'PASS' if r.ok else 'FAIL'}  {r.page:<{width}}  math={r.math:<4} (display {r.display:<3})"
@@ -280,7 +418,23 @@ def main(argv: list[str] | None = None) -> int:
     n_ok = sum(r.ok for r in results)
     print(f"{n_ok}/{len(results)} pages passed; {sum(r.math for r in results)} formulas, "
           f"{sum(r.images for r in results)} images; {time.perf_counter() - t0:.1f} s ({Path(chromium).name})")
-    status = 0 if n_ok == len(results) else 1
+    status = status or (0 if n_ok == len(results) else 1)
+    book_problems = [p for ps in narrow for p in ps] + list(manifest.get("citation_warnings", []))
+    print(f"narrow window: {args.narrow} px, {len(narrow)} pages: "
+          f"{'PASS' if not any(narrow) else 'FAIL'} (chapter list collapsed, no sideways scrolling)")
+    if manifest.get("search"):
+        probs, what = check_search(chromium, book, manifest, args.budget_ms, args.timeout)
+        book_problems += probs
+        print(f"search: {'PASS' if not probs else 'FAIL'} {what}")
+    lib = args.lib or book.resolve().parent / "diffusion_book"
+    if manifest.get("generator", "").startswith("tools/render_book.py"):
+        probs, n = check_api(book, manifest, lib)
+        book_problems += probs
+        print(f"API reference: {'PASS' if not probs else 'FAIL'} ({n} names in __all__ of {lib.name})")
+    for p in book_problems[:40]:
+        print(f"        - {p}")
+    if book_problems:
+        status = 1
 
     if args.screenshot:
         page = args.screenshot_page or (pages[1] if len(pages) > 1 else pages[0])

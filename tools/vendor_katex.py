@@ -1,4 +1,5 @@
-"""Fetch a pinned KaTeX into `_build/vendor/katex/` so the offline book can typeset math.
+"""Fetch a pinned KaTeX into `_build/vendor/katex/` (math) and MiniSearch into `_build/vendor/minisearch/`
+(search) so the offline book can typeset math and search from file://.
 
 Why this exists: Quarto (which would normally render the book and pull KaTeX from a CDN) cannot be
 installed on the project's machines, and those machines reach package registries only, never a CDN.
@@ -8,6 +9,10 @@ script gets that copy from the npm registry with `npm pack katex@<version>` (no 
 uses from `package/dist/`:
 
     katex.min.js, katex.min.css, fonts/, contrib/auto-render.min.js   (+ KaTeX's MIT LICENSE)
+
+MiniSearch (`npm pack minisearch@7.2.0`, MIT, also sha256-pinned) is vendored the same way by
+`vendor_minisearch()`: `package/dist/umd/index.js` becomes `minisearch.js` (a plain script defining
+`window.MiniSearch`, so it loads from file://), plus its LICENSE.txt. Both run by default.
 
 It is idempotent: when `<dest>/katex.min.js` exists and `<dest>/VENDOR_STAMP` names the pinned version
 and hash, it does nothing.  `npm pack` also caches the tarball in `~/.npm`, so later runs work offline.
@@ -30,6 +35,11 @@ from pathlib import Path
 KATEX_VERSION = "0.19.1"
 #: sha256 of the registry tarball `katex-0.19.1.tgz` (computed once from `npm pack katex@0.19.1`).
 KATEX_SHA256 = "24da5a599eb2fcede2e270b99a6ff48bca816beecc95feeb84e8cccbd1bb34fd"
+
+MINISEARCH_VERSION = "7.2.0"
+#: sha256 of the registry tarball `minisearch-7.2.0.tgz` (computed once from `npm pack minisearch@7.2.0`).
+MINISEARCH_SHA256 = "cb3b8126a3ea65d6b387787294f0792b0ea4a40b70f8f37688066a5638e0218a"
+MINISEARCH_FILES = {"dist/umd/index.js": "minisearch.js", "LICENSE.txt": "LICENSE.txt"}
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DEST = REPO / "_build" / "vendor" / "katex"
@@ -146,6 +156,39 @@ def vendor(dest: Path = DEFAULT_DEST, force: bool = False, tarball: Path | None 
     return dest
 
 
+def vendor_minisearch(dest: Path = DEFAULT_DEST.parent / "minisearch", force: bool = False,
+                      tarball: Path | None = None, quiet: bool = False) -> Path:
+    """Make sure `dest` holds the pinned MiniSearch (`minisearch.js`); return `dest`."""
+    dest = Path(dest).resolve()
+    say = (lambda *a: None) if quiet else print
+    stamp = f"minisearch {MINISEARCH_VERSION} sha256 {MINISEARCH_SHA256}\n"
+    if not force and (dest / "minisearch.js").is_file() and (dest / STAMP_NAME).is_file() \
+            and (dest / STAMP_NAME).read_text() == stamp:
+        say(f"MiniSearch {MINISEARCH_VERSION} already vendored in {dest}")
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="minisearch-pack-") as tmp:
+        if tarball is None:
+            proc = subprocess.run([shutil.which("npm") or "npm", "pack", f"minisearch@{MINISEARCH_VERSION}", "--silent"],
+                                  cwd=tmp, capture_output=True, text=True, timeout=300)
+            found = sorted(Path(tmp).glob("minisearch-*.tgz"))
+            if proc.returncode != 0 or not found:
+                raise VendorError(f"`npm pack minisearch@{MINISEARCH_VERSION}` failed: {proc.stderr.strip()}")
+            tarball = found[0]
+        digest = sha256_of(Path(tarball))
+        if digest != MINISEARCH_SHA256:
+            raise VendorError(f"sha256 mismatch for {Path(tarball).name}:\n  expected {MINISEARCH_SHA256}\n  got      {digest}")
+        with tarfile.open(tarball, "r:gz") as tar:
+            for rel, out_name in MINISEARCH_FILES.items():
+                src = tar.extractfile(f"package/{rel}")
+                if src is None:
+                    raise VendorError(f"{Path(tarball).name} lacks package/{rel}")
+                (dest / out_name).write_bytes(src.read())
+    (dest / STAMP_NAME).write_text(stamp)
+    say(f"Vendored MiniSearch {MINISEARCH_VERSION} (sha256 verified) into {dest}")
+    return dest
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         vendor(args.dest, force=args.force, tarball=args.tarball)
+        vendor_minisearch(args.dest.parent / "minisearch", force=args.force)
     except VendorError as e:
         print(f"vendor_katex: error: {e}", file=sys.stderr)
         return 1

@@ -1,78 +1,140 @@
 /* Behaviour of the offline book (tools/render_book.py), no network needed:
- * 1. typeset math with the local KaTeX auto-render ($$..$$, $..$, \[..\], \(..\), LaTeX environments);
+ * 1. typeset pandoc's `span.math` with the local KaTeX (and raw LaTeX/HTML outputs with its auto-render);
  * 2. collapse the chapter list on narrow screens;
- * 3. with `?selfcheck` in the URL, write facts about the rendered page as JSON into <pre id="selfcheck">
- *    once everything has loaded, for tools/check_book.py (which reads it via `chromium --dump-dom`). */
+ * 3. search: on first use load site_libs/minisearch/minisearch.js and search-index.js as <script>s (works from
+ *    file://, where fetch() does not), index the sections with MiniSearch, list matching sections as links;
+ * 4. with `?selfcheck` in the URL (and `&q=word` to run a search), write facts about the rendered page as JSON
+ *    into <pre id="selfcheck"> once everything has loaded, for tools/check_book.py (`chromium --dump-dom`). */
 (function () {
   "use strict";
   var jsErrors = [];
   window.addEventListener("error", function (e) {
     jsErrors.push(String((e && e.message) || e) + (e && e.filename ? " @ " + e.filename.split("/").pop() + ":" + e.lineno : ""));
   });
-
   var ERROR_COLOR = "#cc0011", ERROR_RGB = "rgb(204, 0, 17)";
+  var macros = {};  // one object for the page: \newcommand persists across formulas
+  var opts = { throwOnError: false, errorColor: ERROR_COLOR, macros: macros, globalGroup: true };
   var mathDone = false;
   function typeset() {
-    if (typeof window.renderMathInElement !== "function") return;
-    window.renderMathInElement(document.body, {
-      delimiters: [
-        { left: "$$", right: "$$", display: true },
-        { left: "\\[", right: "\\]", display: true },
-        { left: "$", right: "$", display: false },
-        { left: "\\(", right: "\\)", display: false },
-        { left: "\\begin{equation}", right: "\\end{equation}", display: true },
-        { left: "\\begin{equation*}", right: "\\end{equation*}", display: true },
-        { left: "\\begin{align}", right: "\\end{align}", display: true },
-        { left: "\\begin{align*}", right: "\\end{align*}", display: true },
-        { left: "\\begin{gather}", right: "\\end{gather}", display: true },
-        { left: "\\begin{gather*}", right: "\\end{gather*}", display: true }
-      ],
-      ignoredTags: ["script", "noscript", "style", "textarea", "pre", "code", "option"],
-      ignoredClasses: ["nomath"],
-      throwOnError: false,           // bad TeX shows as a red .katex-error span (the checker reports it)
-      errorColor: ERROR_COLOR,       // unknown commands are drawn in this colour (the checker finds them by it)
-      macros: {},                    // one object for the page: \newcommand persists across cells
-      globalGroup: true
+    if (!window.katex) return;
+    document.querySelectorAll("span.math").forEach(function (el) {
+      var tex = el.textContent, display = el.classList.contains("display");
+      tex = tex.replace(/^\s*\\[\[(]/, "").replace(/\\[\])]\s*$/, "");
+      var o = Object.assign({}, opts, { displayMode: display });
+      try { window.katex.render(tex, el, o); } catch (e) { jsErrors.push("katex: " + e); }
     });
+    if (typeof window.renderMathInElement === "function") {
+      document.querySelectorAll(".output-latex, .output-html").forEach(function (el) {
+        window.renderMathInElement(el, Object.assign({}, opts, {
+          delimiters: [{ left: "$$", right: "$$", display: true }, { left: "\\[", right: "\\]", display: true },
+                       { left: "$", right: "$", display: false }, { left: "\\(", right: "\\)", display: false }],
+          ignoredTags: ["script", "noscript", "style", "textarea", "pre", "code", "option"] }));
+      });
+    }
     mathDone = true;
   }
   try { typeset(); } catch (e) { jsErrors.push("typeset: " + e); }
 
-  var chapters = document.querySelector("details.chapters");
-  if (chapters && window.matchMedia && window.matchMedia("(max-width: 820px)").matches) chapters.removeAttribute("open");
+  var chapters = document.querySelector("details.chapters"), tocBox = document.querySelector("details.toc-details");
+  if (window.matchMedia && window.matchMedia("(max-width: 820px)").matches) {
+    if (chapters) chapters.removeAttribute("open");
+    if (tocBox) tocBox.removeAttribute("open");
+  }
 
+  // ---- search ------------------------------------------------------------------------------------
+  var mini = null, loading = [];
+  function loadScript(src, done) {
+    var s = document.createElement("script");
+    s.src = src; s.onload = function () { done(null); }; s.onerror = function () { done("cannot load " + src); };
+    document.head.appendChild(s);
+  }
+  function withIndex(cb) {
+    if (mini) return cb(null);
+    loading.push(cb);
+    if (loading.length > 1) return;
+    function finish(err) { var l = loading; loading = []; l.forEach(function (f) { f(err); }); }
+    loadScript("site_libs/minisearch/minisearch.js", function (err) {
+      if (err) return finish(err);
+      loadScript("search-index.js", function (err2) {
+        if (err2 || !window.BOOK_SEARCH_DOCS) return finish(err2 || "search-index.js defines no BOOK_SEARCH_DOCS");
+        mini = new window.MiniSearch({ fields: ["title", "text"], storeFields: ["url", "title", "chapter", "page"],
+                                       searchOptions: { boost: { title: 3 }, prefix: true, fuzzy: 0.15, combineWith: "AND" } });
+        mini.addAll(window.BOOK_SEARCH_DOCS);
+        finish(null);
+      });
+    });
+  }
+  function snippet(doc, q) {
+    var text = (window.BOOK_SEARCH_DOCS[doc.id] || {}).text || "", word = q.split(/\s+/)[0].toLowerCase();
+    var i = Math.max(0, text.toLowerCase().indexOf(word));
+    return (i > 40 ? "…" : "") + text.slice(Math.max(0, i - 40), i + 110) + "…";
+  }
+  var input = document.getElementById("search-input"), list = document.getElementById("search-results");
+  function show(q) {
+    withIndex(function (err) {
+      if (err) { jsErrors.push("search: " + err); return; }
+      var hits = q.trim().length < 2 ? [] : mini.search(q).slice(0, 15);
+      list.innerHTML = "";
+      hits.forEach(function (h) {
+        var li = document.createElement("li"), a = document.createElement("a"), s = document.createElement("span");
+        a.href = h.url; a.textContent = h.title;
+        s.className = "search-where"; s.textContent = h.chapter + " — " + snippet(h, q);
+        a.appendChild(s); li.appendChild(a); list.appendChild(li);
+      });
+      if (!hits.length && q.trim().length >= 2) { list.innerHTML = "<li class=\"search-none\">No matches</li>"; }
+      list.hidden = q.trim().length < 2;
+    });
+  }
+  if (input && list) {
+    input.addEventListener("focus", function () { withIndex(function () {}); });
+    input.addEventListener("input", function () { show(input.value); });
+    input.addEventListener("keydown", function (e) { if (e.key === "Escape") { input.value = ""; list.hidden = true; } });
+  }
+
+  // ---- selfcheck ---------------------------------------------------------------------------------
   function skip(node) {
     for (var el = node.parentElement; el; el = el.parentElement) {
       var tag = el.tagName;
       if (tag === "PRE" || tag === "CODE" || tag === "SCRIPT" || tag === "STYLE" || tag === "TEXTAREA" ||
           tag === "KBD" || tag === "SAMP" || tag === "TITLE") return true;
       var cl = el.classList;
-      if (cl && (cl.contains("katex") || cl.contains("nomath") || cl.contains("katex-error"))) return true;
+      if (cl && (cl.contains("katex") || cl.contains("katex-error"))) return true;
     }
     return false;
   }
-
   function snippets(re) {
-    var found = [], walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT, null), n;
+    var found = [], walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT, null), n, m;
     while ((n = walker.nextNode())) {
-      var t = n.nodeValue, m;
-      if (!re.test(t) || skip(n)) continue;
-      re.lastIndex = 0;
-      var g = new RegExp(re.source, "g");
-      while ((m = g.exec(t)) && found.length < 20) {
-        found.push(t.slice(Math.max(0, m.index - 40), m.index + 40).replace(/\s+/g, " "));
-      }
+      if (skip(n)) continue;
+      var g = new RegExp(re.source, "g"), t = n.nodeValue;
+      while ((m = g.exec(t)) && found.length < 20) found.push(t.slice(Math.max(0, m.index - 40), m.index + 60).replace(/\s+/g, " "));
     }
     return found;
   }
-
-  function selfcheck() {
+  function overflow() {
+    var out = [];
+    document.querySelectorAll("details").forEach(function (d) { d.open = true; });  // measure folded code too
+    document.querySelectorAll(".cell-code pre, .api-sig pre, .content > pre, .sourceCode pre").forEach(function (el) {
+      if (el.scrollWidth > el.clientWidth + 1) {
+        var lines = el.textContent.split("\n"), longest = Math.max.apply(null, lines.map(function (l) { return l.length; }));
+        out.push({ kind: "code", longest: longest, scroll: el.scrollWidth, client: el.clientWidth,
+                   text: lines.filter(function (l) { return l.length === longest; })[0].slice(0, 80) });
+      }
+    });
+    document.querySelectorAll(".katex-display").forEach(function (el) {
+      if (el.scrollWidth > el.clientWidth + 1) {
+        var ann = el.querySelector("annotation");
+        out.push({ kind: "math", scroll: el.scrollWidth, client: el.clientWidth,
+                   text: (ann ? ann.textContent : el.textContent).replace(/\s+/g, " ").slice(0, 100) });
+      }
+    });
+    return out;
+  }
+  function selfcheck(searchResult) {
     var imgs = Array.prototype.slice.call(document.images);
     var facts = {
-      page: location.pathname.split("/").pop(),
-      title: document.title,
-      katex_loaded: typeof window.katex !== "undefined",
-      math_typeset: mathDone,
+      page: location.pathname.split("/").pop(), title: document.title,
+      katex_loaded: typeof window.katex !== "undefined", math_typeset: mathDone,
       katex: document.querySelectorAll(".katex").length,
       katex_display: document.querySelectorAll(".katex-display").length,
       katex_errors: Array.prototype.slice.call(document.querySelectorAll(".katex-error"), 0, 20).map(function (e) {
@@ -81,14 +143,21 @@
         document.querySelectorAll('.katex-html .text[style*="' + ERROR_RGB + '"]'), 0, 20).map(function (e) {
         return "unknown command " + e.textContent.slice(0, 60);
       })),
-      raw_dollars: snippets(/\$/),
+      // pandoc turns $…$ into math; a leftover pair with TeX inside (or $$) means the markdown did not parse
+      raw_dollars: snippets(/\$\$|\$[^$]{0,200}?[\\^_{][^$]*?\$/),
       raw_tex_delims: snippets(/\\\(|\\\)|\\\[|\\\]|\\begin\{/),
+      unresolved: snippets(/\?@[\w-]+|(^|[\s(\[])@(eq|fig|sec)-[\w-]+|\b[a-z]+\d{4}[a-z]+\?/),
       images: imgs.map(function (img) {
         var src = img.getAttribute("src") || "";
-        return { src: src.length > 120 ? src.slice(0, 120) + "..." : src,
-                 ok: img.complete && img.naturalWidth > 0, w: img.naturalWidth, h: img.naturalHeight };
+        return { src: src.length > 120 ? src.slice(0, 120) + "..." : src, ok: img.complete && img.naturalWidth > 0 };
       }),
       headings: document.querySelectorAll("main h2").length,
+      width: window.innerWidth,
+      page_overflow: document.documentElement.scrollWidth > window.innerWidth + 1,
+      chapters_open: !!(chapters && chapters.open) || !!(tocBox && tocBox.open && window.innerWidth <= 820),
+      content_left: (document.getElementById("content") || document.body).getBoundingClientRect().left,
+      overflow: overflow(),
+      search: searchResult || null,
       js_errors: jsErrors
     };
     var pre = document.createElement("pre");
@@ -96,9 +165,16 @@
     pre.textContent = JSON.stringify(facts);
     document.body.appendChild(pre);
   }
-
   if (/[?&]selfcheck\b/.test(location.search)) {
-    if (document.readyState === "complete") selfcheck();
-    else window.addEventListener("load", selfcheck);
+    var q = (location.search.match(/[?&]q=([^&]*)/) || [])[1];
+    var run = function () {
+      if (!q) return selfcheck(null);
+      q = decodeURIComponent(q);
+      withIndex(function (err) {
+        selfcheck(err ? { query: q, error: String(err) } :
+          { query: q, results: mini.search(q).slice(0, 10).map(function (h) { return { url: h.url, page: h.page }; }) });
+      });
+    };
+    if (document.readyState === "complete") run(); else window.addEventListener("load", run);
   }
 })();
