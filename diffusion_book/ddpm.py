@@ -5,6 +5,8 @@
 # %% ../nbs/07_ddpm.ipynb #3cd1316c
 from __future__ import annotations
 
+import dataclasses
+import copy
 import json
 import math
 import os
@@ -18,14 +20,15 @@ from tqdm import tqdm
 
 from .elbo import posterior_variance, q_posterior_mean_var
 from .models.unet import timestep_embedding
-from .parameterization import eps_to_posterior_mean, eps_to_x0, l_simple
-from .schedules import NoiseSchedule
-from .utils import check_tensor
+from .parameterization import eps_to_posterior_mean, eps_to_x0, l_simple, v_to_eps, x0_to_eps
+from .schedules import NoiseSchedule, network_time
+from .utils import check_image_range, check_int, check_tensor
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'TrainConfig', 'EMA', 'TrainState', 'make_train_state', 'train_loop', 'train_ddpm',
-           'save_checkpoint', 'read_checkpoint', 'load_checkpoint', 'ddpm_sample', 'MLPDenoiser', 'DDPMBundle',
-           'pretrained_ddpm', 'book_ddpm_config']
+__all__ = ['CHECKPOINT_FORMAT', 'MODEL_FORMAT', 'PARAMETERIZATIONS', 'NETWORKS', 'SAMPLERS', 'TrainConfig', 'EMA', 'TrainState',
+           'make_train_state', 'train_loop', 'train_ddpm', 'config_diff', 'network_config', 'save_checkpoint',
+           'read_checkpoint', 'load_checkpoint', 'ddpm_sample', 'MLPDenoiser', 'DDPMBundle', 'pretrained_ddpm',
+           'book_ddpm_config', 'register_network', 'DataSpec', 'DiffusionModel', 'pretrained_model']
 
 # %% ../nbs/07_ddpm.ipynb #5da6810b
 @dataclass(frozen=True)
@@ -38,10 +41,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.999  # β of the EMA; ramped by (1+n)/(10+n) early on
     grad_clip: float | None = 1.0  # max gradient norm; None disables clipping
-    seed: int = 0  # seeds batches, steps and noise (the model's initialisation is the caller's)
+    seed: int = 0  # seeds batches, steps and noise — and the initial weights when `make_train_state` builds the model
     mixed_precision: bool = True  # bf16 autocast on CUDA; a no-op on CPU
 
     def __post_init__(self):
+        for name in ("steps", "batch_size", "warmup", "seed"):  # 2.5 steps or a seed of True is a mistake, not a value
+            check_int(getattr(self, name), f"TrainConfig.{name}")
         if self.steps < 1 or self.batch_size < 1 or self.warmup < 0:
             raise ValueError(f"need steps >= 1, batch_size >= 1, warmup >= 0; got {self}.")
         if not self.lr > 0 or not 0 <= self.ema_decay < 1 or self.weight_decay < 0:
@@ -91,8 +96,18 @@ class TrainState:
     losses: list = field(default_factory=list)
 
 
-def make_train_state(model: torch.nn.Module, config: TrainConfig) -> TrainState:
-    "AdamW (fused on CUDA), an EMA and a seeded generator on the model's device."
+def make_train_state(model,  # an `nn.Module`, or a function `() -> nn.Module` built under `config.seed`
+                     config: TrainConfig,
+                     ) -> TrainState:
+    "AdamW (fused on CUDA), an EMA and a seeded generator on the model's device; seeds the init if given a builder."
+    if not isinstance(model, torch.nn.Module):
+        if not callable(model):
+            raise TypeError(f"model must be an nn.Module or a function returning one, got {type(model).__name__}.")
+        with torch.random.fork_rng(devices=[]):  # the initial weights depend on config.seed only
+            torch.manual_seed(config.seed)
+            model = model()
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"the model builder returned {type(model).__name__}, not an nn.Module.")
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr_at(0), weight_decay=config.weight_decay,
                             fused=device.type == "cuda")
@@ -105,9 +120,12 @@ def train_loop(state: TrainState,  # model, optimizer, EMA, generator, step (upd
                loss_fn,  # loss_fn(model, x0, cond, generator) -> loss, or (loss, {name: scalar tensor}) to log
                labels: torch.Tensor | None = None,  # (N,) class ids, passed to `loss_fn` as `cond`
                until: int | None = None,  # stop at this step instead of `config.steps` (e.g. to checkpoint)
+               value_range: tuple[float, float] | None = (-1.0, 1.0),  # images (N, C, H, W) must lie in it; None: no check
                ):
     "The book's one optimisation loop: batches, lr warm-up, autocast, NaN stop, clipping, EMA. Yields per step."
-    check_tensor(data, "data", min_ndim=2, floating=True, finite=True)
+    check_tensor(data, "data", min_ndim=2, finite=True)  # floating images or vectors; integer tokens (chapter 17)
+    if data.is_floating_point() and data.ndim == 4 and value_range is not None:
+        check_image_range(data, "data", value_range)
     if labels is not None:
         check_tensor(labels, "labels", shape=(len(data),), floating=False)
     model, opt, g = state.model, state.optimizer, state.generator
@@ -146,12 +164,54 @@ def train_ddpm(state: TrainState,  # model, optimizer, EMA, generator, step (upd
                config: TrainConfig,
                labels: torch.Tensor | None = None,  # (N,) class ids, passed as `cond` (for guidance, chapter 13)
                until: int | None = None,  # stop at this step instead of `config.steps` (e.g. to checkpoint)
+               value_range: tuple[float, float] | None = (-1.0, 1.0),  # images must lie in it (checked once); None: no check
                ):
     "Algorithm 1 of Ho et al. 2020 on L_simple. Yields `{step, loss, lr, grad_norm}` after every optimizer step."
     loss_fn = lambda model, x0, cond, g: l_simple(lambda x, t: model(x, t, cond), schedule, x0, generator=g)
-    yield from train_loop(state, data, config, loss_fn, labels=labels, until=until)
+    yield from train_loop(state, data, config, loss_fn, labels=labels, until=until, value_range=value_range)
 
 # %% ../nbs/07_ddpm.ipynb #830cbfb2
+_ABSENT = "(absent)"
+
+
+def _jsonable(v):
+    return json.loads(json.dumps(v)) if v is not _ABSENT else v  # tuples → lists, as they come back from JSON
+
+
+def config_diff(saved: dict,  # the config stored with the weights
+                current: dict,  # the config of the object they would be loaded into
+                prefix: str = "",
+                ) -> list[str]:
+    "Fields where two configs differ, as `'name: saved X, model Y'` (nested dicts flattened with dots)."
+    out = []
+    for k in sorted(set(saved) | set(current), key=str):
+        a, b = saved.get(k, _ABSENT), current.get(k, _ABSENT)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{prefix}{k}.")
+        elif _jsonable(a) != _jsonable(b):
+            out.append(f"{prefix}{k}: saved {a}, model {b}")
+    return out
+
+
+def network_config(net: torch.nn.Module) -> dict | None:
+    "A network's own configuration as a JSON-ready dict (`net.config` as a dataclass or dict), else None."
+    cfg = getattr(net, "config", None)
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    elif dataclasses.is_dataclass(cfg):
+        cfg = asdict(cfg)
+    return _jsonable(cfg) if isinstance(cfg, dict) else None
+
+
+def _state_dict_mismatch(saved: dict, current: dict, what: str) -> list[str]:
+    "Missing/unexpected keys and shape differences between two state dicts (at most 5 of each)."
+    out = [f"{what}: missing {k}" for k in sorted(set(current) - set(saved))[:5]]
+    out += [f"{what}: unexpected {k}" for k in sorted(set(saved) - set(current))[:5]]
+    out += [f"{what} {k}: saved {tuple(saved[k].shape)}, model {tuple(current[k].shape)}"
+            for k in sorted(set(saved) & set(current)) if saved[k].shape != current[k].shape][:5]
+    return out
+
+# %% ../nbs/07_ddpm.ipynb #ed2dd0b3
 CHECKPOINT_FORMAT = "diffusion_book.checkpoint/1"
 
 
@@ -170,6 +230,7 @@ def save_checkpoint(path: str | Path,  # a .safetensors file; replaced atomicall
     t["rng.generator"] = state.generator.get_state()
     t["rng.torch"] = torch.get_rng_state()
     meta = {"format": CHECKPOINT_FORMAT, "config": json.dumps(config or {}),
+            "net_config": json.dumps(network_config(state.model)),
             "state": json.dumps({"step": state.step, "losses": state.losses, "ema_updates": state.ema.updates,
                                  "generator_device": str(state.generator.device),
                                  "param_groups": opt["param_groups"]})}
@@ -178,7 +239,7 @@ def save_checkpoint(path: str | Path,  # a .safetensors file; replaced atomicall
     os.replace(tmp, path)  # atomic on POSIX and Windows: the old file stays until the new one is complete
     return path
 
-# %% ../nbs/07_ddpm.ipynb #ed2dd0b3
+# %% ../nbs/07_ddpm.ipynb #1339282e
 def read_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
     "(tensors, config, state metadata) of a checkpoint; a clear `ValueError` if it is truncated or corrupt."
     path = Path(path)
@@ -189,6 +250,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         config, st = json.loads(meta["config"]), json.loads(meta["state"])
+        if "net_config" in meta:
+            st["net_config"] = meta["net_config"]
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError, RuntimeError) as e:
         raise ValueError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e}); "
                          "it was not loaded. Use an earlier checkpoint.") from e
@@ -197,29 +260,50 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
     return tensors, config, st
 
 
-def load_checkpoint(path: str | Path, state: TrainState) -> dict:
-    "Restore `state` (built with the same model and config) from `path`; returns the saved config."
-    tensors, config, st = read_checkpoint(path)
+def load_checkpoint(path: str | Path,  # a file written by `save_checkpoint`
+                    state: TrainState,  # built with the same network and config; restored in place
+                    config: dict | None = None,  # if given, must equal the saved config (else nothing is loaded)
+                    *,
+                    restore_global_rng: bool = False,  # also restore torch's global RNG (dropout draws from it)
+                    ) -> dict:
+    "Restore `state` from `path`, all or nothing: every config and tensor shape is compared before any copy."
+    tensors, saved, st = read_checkpoint(path)
+    problems = []
+    if config is not None:
+        problems += config_diff(saved, json.loads(json.dumps(config)))
+    net_saved = json.loads(st["net_config"]) if "net_config" in st else None
+    if net_saved:  # the network's own config (e.g. a UNetConfig), recorded by save_checkpoint
+        problems += config_diff(net_saved, network_config(state.model) or {})
     take = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    state.model.load_state_dict(take("model."))
-    ema = take("ema.")
-    if set(ema) != set(state.ema.shadow):
-        raise ValueError(f"{path}: EMA weights do not match the model's parameters.")
-    for k, v in ema.items():
-        state.ema.shadow[k].copy_(v)
-    opt_state = {}
+    model_sd, ema, opt_state = take("model."), take("ema."), {}
     for k, v in take("optim.").items():
         pid, name = k.split(".", 1)
         opt_state.setdefault(int(pid), {})[name] = v
+    if not problems:  # tensor-level checks only when the configs agree (their diff is the clearer message)
+        problems += _state_dict_mismatch(model_sd, state.model.state_dict(), "model")
+        problems += _state_dict_mismatch(ema, state.ema.shadow, "EMA")
+        params = [p for group in state.optimizer.param_groups for p in group["params"]]
+        problems += [f"optimizer state {pid}.{name}: saved {tuple(v.shape)}, model {tuple(params[pid].shape)}"
+                     for pid, d in opt_state.items() for name, v in d.items()
+                     if pid >= len(params) or (v.ndim > 0 and v.shape != params[pid].shape)][:5]
+        if len(st["param_groups"]) != len(state.optimizer.param_groups):
+            problems.append(f"optimizer param groups: saved {len(st['param_groups'])}, "
+                            f"model {len(state.optimizer.param_groups)}")
+    if problems:
+        raise ValueError(f"{path} does not fit this training state; nothing was loaded:\n  " + "\n  ".join(problems))
+    state.model.load_state_dict(model_sd)
+    for k, v in ema.items():
+        state.ema.shadow[k].copy_(v)
     state.optimizer.load_state_dict({"state": opt_state, "param_groups": st["param_groups"]})
     state.generator.set_state(tensors["rng.generator"])
-    torch.set_rng_state(tensors["rng.torch"])
+    if restore_global_rng:
+        torch.set_rng_state(tensors["rng.torch"])
     state.step, state.losses, state.ema.updates = st["step"], list(st["losses"]), st["ema_updates"]
-    return config
+    return saved
 
 # %% ../nbs/07_ddpm.ipynb #2403aa2d
 @torch.no_grad()
-def ddpm_sample(eps_model,  # eps_model(x_t, t) -> ε̂, t a (B,) int64 tensor of step indices
+def ddpm_sample(eps_model,  # eps_model(x_t, t) -> ε̂; t is a (B,) float tensor of integer-valued step indices
                 schedule: NoiseSchedule,
                 x_T: torch.Tensor,  # (B, …) initial noise ~ N(0, I); sets the device and dtype
                 *,
@@ -238,11 +322,12 @@ def ddpm_sample(eps_model,  # eps_model(x_t, t) -> ε̂, t a (B,) int64 tensor o
     if variance not in ("small", "large"):
         raise ValueError(f"variance must be 'small' or 'large', got {variance!r}.")
     var = posterior_variance(schedule) if variance == "small" else schedule.betas  # (T,) float64
+    sigmas = var.sqrt().tolist()  # host floats, read once: no device sync inside the loop
     x = x_T
     for i in tqdm(range(schedule.T - 1, -1, -1), disable=not progress, desc="DDPM sampling"):
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-        eps = eps_model(x, t)
-        if eps.shape != x.shape:
+        eps = eps_model(x, network_time(t, x))  # (B,) float: the network-time contract
+        if eps.shape != x.shape:  # shapes are host metadata: checking them costs no sync
             raise ValueError(f"eps_model returned shape {tuple(eps.shape)} for x of shape {tuple(x.shape)}.")
         x0_hat = eps_to_x0(x, eps, schedule.extract("alpha_bars", t, x))
         if clip_x0 is not None:
@@ -252,7 +337,7 @@ def ddpm_sample(eps_model,  # eps_model(x_t, t) -> ε̂, t a (B,) int64 tensor o
             mean = eps_to_posterior_mean(schedule, x, t, eps)
         if i > 0:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = mean + math.sqrt(var[i].item()) * noise
+            x = mean + sigmas[i] * noise
         else:
             x = mean
         if callback is not None:
@@ -270,6 +355,7 @@ class MLPDenoiser(torch.nn.Module):
                  ):
         super().__init__()
         self.dim, self.time_dim = dim, time_dim
+        self.config = dict(dim=dim, hidden=hidden, depth=depth, time_dim=time_dim)  # rebuilds it: MLPDenoiser(**config)
         layers, width = [], dim + time_dim
         for _ in range(depth):
             layers += [torch.nn.Linear(width, hidden), torch.nn.SiLU()]
@@ -347,3 +433,320 @@ def book_ddpm_config(scale: str | None = None,  # "small" or "full"; None → `D
                   UNET_PRESETS["full"]()).to_dict(),
         train=asdict(pick(TrainConfig(steps=1500, batch_size=128, lr=2e-3, warmup=100, ema_decay=0.995),
                           TrainConfig(steps=6000, batch_size=256, lr=4e-4, warmup=500, ema_decay=0.9995))))
+
+# %% ../nbs/07_ddpm.ipynb #7d6d963f
+MODEL_FORMAT = "diffusion_book.model/1"
+PARAMETERIZATIONS = ("eps", "v", "x0")
+NETWORKS: dict = {}  # name -> (class, build(config dict) -> network)
+
+
+def register_network(name: str,  # the name stored in model files, e.g. "unet"
+                     cls: type,  # the network class; `DiffusionModel` looks instances up by it
+                     build=None,  # build(config dict) -> network; default `cls(**config)`
+                     ):
+    "Let `DiffusionModel.load` rebuild networks of class `cls` from the config a file stores."
+    NETWORKS[name] = (cls, build or (lambda config: cls(**config)))
+
+
+def _unet_from_config(config: dict):
+    from diffusion_book.models.unet import UNet, UNetConfig
+    return UNet(UNetConfig(**config))
+
+
+def _builtin_networks() -> dict:
+    "The registry, with the book's own networks registered on first use (the U-Net import is deferred)."
+    if "unet" not in NETWORKS:
+        from diffusion_book.models.unet import UNet
+        register_network("unet", UNet, _unet_from_config)
+        register_network("mlp", MLPDenoiser)
+    return NETWORKS
+
+
+def _network_name(net: torch.nn.Module) -> str:
+    for name, (cls, _) in _builtin_networks().items():
+        if type(net) is cls:
+            return name
+    raise TypeError(f"{type(net).__name__} is not a registered network; call register_network(name, cls, build) "
+                    f"first (registered: {sorted(NETWORKS)}).")
+
+# %% ../nbs/07_ddpm.ipynb #a56d9084
+@dataclass(frozen=True)
+class DataSpec:
+    "What a trained model generates: one sample's shape, its value range, its classes."
+    shape: tuple  # one sample's shape, e.g. (1, 8, 8) for 8×8 grey images or (2,) for 2-D points
+    value_range: tuple | None = (-1.0, 1.0)  # the data's range; x̂₀ and samples are clipped to it; None: unbounded
+    num_classes: int | None = None  # class ids 0…num_classes−1 (null id num_classes for guidance); None: unconditional
+    name: str | None = None  # the data set, e.g. "digits"
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(check_int(s, "DataSpec.shape", minimum=1) for s in self.shape))
+        if self.value_range is not None:
+            lo, hi = (float(v) for v in self.value_range)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"DataSpec.value_range must be (low, high) with low < high, got {self.value_range}.")
+            object.__setattr__(self, "value_range", (lo, hi))
+        if self.num_classes is not None:
+            check_int(self.num_classes, "DataSpec.num_classes", minimum=1)
+
+    @classmethod
+    def of(cls, x: torch.Tensor,  # (N, …) the training set
+           labels: torch.Tensor | None = None,  # (N,) class ids of a class-conditional model
+           name: str | None = None,
+           value_range="auto",  # "auto": (-1, 1) for images (N, C, H, W), None for other data
+           ) -> "DataSpec":
+        "The spec of a training set: its sample shape, value range (checked) and number of classes."
+        check_tensor(x, "x", min_ndim=2, floating=True)
+        if value_range == "auto":
+            value_range = (-1.0, 1.0) if x.ndim == 4 else None
+        if value_range is not None and x.ndim == 4:
+            check_image_range(x, "x", value_range)
+        return cls(tuple(x.shape[1:]), value_range, None if labels is None else int(labels.max()) + 1, name)
+
+# %% ../nbs/07_ddpm.ipynb #001c4179
+class DiffusionModel(torch.nn.Module):
+    "A model ready to sample: network (EMA weights), the β's, parameterization and data spec — one file on disk."
+
+    def __init__(self, net: torch.nn.Module,  # the network `net(x, t, cond=None)`, with the weights to sample with
+                 schedule: NoiseSchedule,  # the schedule it was trained with (its β's are stored)
+                 data: DataSpec,  # what it generates
+                 parameterization: str = "eps",  # what the network predicts: "eps", "v" or "x0"
+                 ):
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}.")
+        if not isinstance(data, DataSpec):
+            raise TypeError(f"data must be a DataSpec (e.g. DataSpec.of(x_train)), got {type(data).__name__}.")
+        self.network = _network_name(net)
+        self.net, self.schedule, self.data, self.parameterization = net, schedule, data, parameterization
+
+    @classmethod
+    def create(cls, network: str,  # a registered network name: "unet", "mlp", …
+               config,  # the network's config (a dataclass such as `UNetConfig`, or a dict)
+               schedule: NoiseSchedule,
+               data,  # a `DataSpec`, or the training set (N, …) to take it from
+               parameterization: str = "eps",
+               seed: int = 0,  # seeds the initial weights
+               ) -> "DiffusionModel":
+        "A new, untrained model whose initial weights depend on `seed` only."
+        if network not in _builtin_networks():
+            raise ValueError(f"unknown network {network!r}; registered: {sorted(NETWORKS)}.")
+        config = config.to_dict() if hasattr(config, "to_dict") else asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(check_int(seed, "seed"))
+            net = NETWORKS[network][1](config)
+        return cls(net, schedule, data if isinstance(data, DataSpec) else DataSpec.of(data), parameterization)
+
+    def spec(self) -> dict:
+        "Everything but the tensors, as JSON-ready data: what `save` writes and `load_weights` compares."
+        return _jsonable({"network": self.network, "net_config": network_config(self.net) or {},
+                          "parameterization": self.parameterization, "T": self.schedule.T,
+                          "data": asdict(self.data)})
+
+    def eps(self, x_t: torch.Tensor,  # (B, …) noisy samples, on the network's device and dtype
+            t: torch.Tensor,  # (B,) float step indices (fractional for ODE samplers)
+            cond=None,  # class ids (B,) for a class-conditional network
+            ) -> torch.Tensor:
+        "ε̂(x_t, t): the network's output converted from its parameterization (the input every sampler takes)."
+        out = self.net(x_t, t, cond)
+        if out.shape[1] == 2 * x_t.shape[1] and out.shape[2:] == x_t.shape[2:]:
+            out = out[:, : x_t.shape[1]]  # a learned-variance network (chapter 11): ε̂ is the first half
+        if self.parameterization == "eps":
+            return out
+        ab = self._alpha_bar_at(t, x_t).reshape(-1, *([1] * (x_t.ndim - 1)))  # (B, 1, …)
+        if self.parameterization == "v":
+            return v_to_eps(x_t, out, ab)
+        return x0_to_eps(x_t, out, ab)
+
+    def _alpha_bar_at(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        "ᾱ at (fractional) steps t on x's device, σ interpolated linearly as `samplers.t_to_sigma` — no host sync."
+        dtype = torch.float32 if x.device.type == "mps" else torch.float64
+        sig = ((1 - self.schedule.alpha_bars) / self.schedule.alpha_bars).sqrt().to(x.device, dtype)  # (T,)
+        tt = t.to(dtype)
+        lo = tt.floor().long().clamp(0, max(self.schedule.T - 2, 0))  # (B,)
+        w = tt - lo
+        sigma = (1 - w) * sig[lo] + w * sig[(lo + 1).clamp(max=self.schedule.T - 1)]
+        return 1.0 / (1.0 + sigma ** 2)
+
+# %% ../nbs/07_ddpm.ipynb #ca57f896
+SAMPLERS = ("ddpm", "ddim", "dpm++", "euler", "heun")
+
+
+def _sample(self, n: int,  # number of samples
+            *,
+            sampler: str = "dpm++",  # "ddpm" (Algorithm 2, all T steps), "ddim", "dpm++", "euler" or "heun" (chapter 12)
+            steps: int | None = None,  # network evaluations; None: 20 (ddpm: T)
+            labels=None,  # class id(s) for a class-conditional model: an int or an (n,) integer tensor
+            guidance: float = 0.0,  # classifier-free guidance weight w of Ho & Salimans (0: none; −1: unconditional)
+            generator: torch.Generator | None = None,  # on the model's device
+            x_T: torch.Tensor | None = None,  # (n, *shape) initial noise; drawn from `generator` if None
+            clip: bool = True,  # clip x̂₀ (and the samples) to the data's value range
+            progress: bool = False,
+            **sampler_kwargs,  # passed on: eta, spacing, sigmas, …
+            ) -> torch.Tensor:
+    "`n` samples in the data's range, `(n, *data.shape)`, on the model's device; every argument checked once here."
+    n = check_int(n, "n", minimum=1)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
+    p = next(self.net.parameters())
+    device, dtype = p.device, p.dtype
+    if x_T is None:
+        x_T = torch.randn((n, *self.data.shape), generator=generator, device=device, dtype=dtype)
+    else:
+        check_tensor(x_T, "x_T", shape=(n, *self.data.shape), floating=True, finite=True)
+        x_T = x_T.to(device, dtype)  # the network's dtype: a float64 x_T into a float32 network is cast, not an error
+    if not (isinstance(guidance, (int, float)) and math.isfinite(guidance)):
+        raise ValueError(f"guidance must be a finite number (Ho & Salimans' w), got {guidance!r}.")
+    cond = self._labels(labels, n, device)
+    eps = lambda x, t: self.eps(x, t, cond)
+    if guidance != 0:
+        if cond is None:
+            raise ValueError("guidance needs a class-conditional model and labels=.")
+        from diffusion_book.guidance import classifier_free_guidance  # chapter 13
+        eps = classifier_free_guidance(self.eps, cond, guidance, torch.full_like(cond, self.data.num_classes))
+    clip_x0 = self.data.value_range if clip and self.data.value_range is not None else None
+    kw = dict(generator=generator, clip_x0=clip_x0, progress=progress, **sampler_kwargs)
+    with torch.no_grad():
+        if sampler == "ddpm":
+            out = ddpm_sample(eps, self.schedule, x_T, steps=steps, **kw)
+        else:
+            from diffusion_book import samplers
+            fn = {"ddim": samplers.ddim_sample, "dpm++": samplers.dpm_solver_pp_2m,
+                  "euler": samplers.euler_sample, "heun": samplers.heun_sample}[sampler]
+            out = fn(eps, self.schedule, x_T, steps=20 if steps is None else check_int(steps, "steps", minimum=1), **kw)
+    return out.clamp(*clip_x0) if clip_x0 is not None else out
+
+
+def _labels(self, labels, n: int, device) -> torch.Tensor | None:
+    "Class ids as an (n,) int64 tensor on `device`, checked against the data spec."
+    C = self.data.num_classes
+    if labels is None:  # a class-conditional model samples p(x) under the null label (trained by label dropout)
+        return None if C is None else torch.full((n,), C, dtype=torch.long, device=device)
+    if C is None:
+        raise ValueError("labels= was given but this model is unconditional (its DataSpec has no num_classes).")
+    y = torch.full((n,), check_int(labels, "labels"), dtype=torch.long) if not isinstance(labels, torch.Tensor) else labels
+    check_tensor(y, "labels", shape=(n,), floating=False)
+    if ((y < 0) | (y >= C)).any():
+        raise ValueError(f"labels must lie in 0…{C - 1}, got values in [{int(y.min())}, {int(y.max())}].")
+    return y.to(device)
+
+
+DiffusionModel.sample, DiffusionModel._labels = _sample, _labels
+
+# %% ../nbs/07_ddpm.ipynb #283edd6a
+def _fit(self, x: torch.Tensor,  # (N, *data.shape) training set in the data's range
+         config: TrainConfig,
+         labels: torch.Tensor | None = None,  # (N,) class ids for a class-conditional model
+         *,
+         p_uncond: float = 0.1,  # with labels: probability of the null label (classifier-free guidance, chapter 13)
+         progress: bool = True,  # a progress bar over the steps
+         ):
+    "Algorithm 1 on L_simple (ε-parameterization); yields the per-step logs; `net` holds the EMA weights after."
+    if self.parameterization != "eps":
+        raise NotImplementedError("fit trains ε-parameterized models (L_simple); train v/x₀ models with train_loop.")
+    check_tensor(x, "x", shape=(None, *self.data.shape), floating=True)
+    if (labels is None) != (self.data.num_classes is None):
+        raise ValueError("labels= must be given exactly when the model is class-conditional (DataSpec.num_classes).")
+    if not 0 <= p_uncond < 1:
+        raise ValueError(f"p_uncond must lie in [0, 1), got {p_uncond}.")
+    state = getattr(self, "train_state", None)
+    if state is None:  # the trained copy; `net` keeps the EMA weights, used for sampling
+        self.train_state = state = make_train_state(copy.deepcopy(self.net).train().requires_grad_(True), config)
+    null = self.data.num_classes
+
+    def loss_fn(model, x0, cond, g):
+        if cond is not None and p_uncond > 0:  # label dropout: the same network learns p(x) and p(x | y)
+            cond = torch.where(torch.rand(cond.shape, generator=g, device=cond.device) < p_uncond, null, cond)
+        return l_simple(lambda z, t: model(z, t, cond), self.schedule, x0, generator=g)
+
+    try:
+        bar = tqdm(total=config.steps - state.step, disable=not progress, desc="training", mininterval=2)
+        for log in train_loop(state, x, config, loss_fn, labels=labels, value_range=self.data.value_range):
+            bar.update(1)
+            yield log
+    finally:
+        bar.close()
+        state.ema.copy_to(self.net)
+        self.net.eval()
+
+
+DiffusionModel.fit = _fit
+
+# %% ../nbs/07_ddpm.ipynb #fd0383b0
+def _save(self, path: str | Path,  # a .safetensors file; replaced atomically
+          ) -> Path:
+    "Write the network, the β's and the spec (JSON) in one safetensors file, atomically; returns the path."
+    from diffusion_book.metrics import _atomic_write
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"net.{k}": v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}
+    tensors["schedule.betas"] = self.schedule.betas.detach().cpu().contiguous()
+    meta = {"format": MODEL_FORMAT, "spec": json.dumps(self.spec())}
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return path
+
+
+def _read_model_file(path) -> tuple[dict, dict]:
+    "(spec, tensors) of a model file; a clear error when it is missing, corrupt or of another format."
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no model file at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise ValueError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); nothing was loaded.") from e
+    if meta.get("format") != MODEL_FORMAT:
+        hint = " (a training checkpoint: use load_checkpoint)" if meta.get("format") == CHECKPOINT_FORMAT else ""
+        raise ValueError(f"{path} is not a diffusion_book model file (format {meta.get('format')!r}){hint}.")
+    return json.loads(meta["spec"]), tensors
+
+
+@classmethod
+def _load(cls, path: str | Path,  # a file written by `DiffusionModel.save`
+          device=None,  # where to put it: "cpu", "cuda", … ; None: CPU
+          ) -> "DiffusionModel":
+    "The saved model, rebuilt from its spec, in eval mode with gradients off: ready to `sample`."
+    from diffusion_book.utils import get_device
+    spec, tensors = _read_model_file(path)
+    if spec["network"] not in _builtin_networks():
+        raise ValueError(f"{path}: network {spec['network']!r} is not registered here; import the module that "
+                         f"defines it (registered: {sorted(NETWORKS)}).")
+    net = NETWORKS[spec["network"]][1](spec["net_config"])
+    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})  # a fresh net: all or nothing
+    data = spec["data"]
+    data = DataSpec(tuple(data["shape"]), None if data["value_range"] is None else tuple(data["value_range"]),
+                    data["num_classes"], data["name"])
+    model = cls(net, NoiseSchedule(tensors["schedule.betas"]), data, spec["parameterization"])
+    return model.to(get_device(device) if device is not None else "cpu").eval().requires_grad_(False)
+
+
+def _load_weights(self, path: str | Path) -> "DiffusionModel":
+    "Load a saved model's weights into this one, all or nothing: specs and β's are compared before any copy."
+    spec, tensors = _read_model_file(path)
+    problems = config_diff(spec, self.spec())
+    betas = tensors.get("schedule.betas")
+    if betas is None or betas.shape != self.schedule.betas.shape or not torch.equal(betas, self.schedule.betas.cpu()):
+        problems.append("schedule.betas: the saved model was trained with another noise schedule")
+    sd = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+    problems += [] if problems else _state_dict_mismatch(sd, self.net.state_dict(), "net")
+    if problems:
+        raise ValueError(f"{path} does not fit this model; nothing was loaded:\n  " + "\n  ".join(problems))
+    self.net.load_state_dict(sd)
+    return self
+
+
+DiffusionModel.save, DiffusionModel.load, DiffusionModel.load_weights = _save, _load, _load_weights
+
+# %% ../nbs/07_ddpm.ipynb #2b48596d
+def pretrained_model(config: dict | None = None,  # a `book_ddpm_config()`-style dict; None: chapter 07's model
+                     verbose: bool = True,
+                     ) -> DiffusionModel:
+    "The cached (or freshly trained) DDPM of `config` as a `DiffusionModel` (EMA weights), ready to sample or save."
+    from diffusion_book.data import load_image_dataset
+    from diffusion_book.schedules import make_schedule
+    config = book_ddpm_config() if config is None else config
+    bundle, _ = pretrained_ddpm(config, verbose=verbose)
+    x, _ = load_image_dataset(config["data"], "test")
+    return DiffusionModel(bundle.ema, make_schedule(config["schedule"], config["T"]),
+                          DataSpec(tuple(x.shape[1:]), (-1.0, 1.0), None, config["data"])).eval()

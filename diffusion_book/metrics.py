@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
 from .data import load_image_dataset
-from .utils import cache_dir, check_tensor, make_generator
+from .utils import cache_dir, check_image_range, check_tensor, make_generator
 
 # %% auto #0
 __all__ = ['EVALUATOR_CONFIGS', 'CacheError', 'config_hash', 'save_cached', 'load_cached', 'load_or_train', 'SmallClassifier',
@@ -495,12 +495,15 @@ def evaluate_samples(samples: torch.Tensor,  # (N, C, H, W) generated images in 
                      k: int = 3,  # neighbours for precision/recall
                      bootstrap: int = 0,  # resamples for `fd_std` (0: none)
                      generator: torch.Generator | None = None,  # for the bootstrap
+                     value_range: tuple[float, float] = (-1.0, 1.0),  # the range the evaluator was trained on
                      ) -> dict:
     "Quality, diversity and memorization of samples: FD, precision/recall, class entropy, NN ratios (this chapter)."
     check_tensor(samples, "samples", ndim=4, floating=True, finite=True)
+    check_image_range(samples, "samples", value_range, tol=0.05)  # a wrong range gives a meaningless FD, not an error
     for name, x in (("reference", reference), ("train", train)):
         if x is not None:
             check_tensor(x, name, ndim=4, floating=True, finite=True)
+            check_image_range(x, name, value_range)
             if x.shape[1:] != samples.shape[1:]:
                 raise ValueError(f"samples are {tuple(samples.shape[1:])} images, {name} {tuple(x.shape[1:])}.")
     if len(samples) <= k:

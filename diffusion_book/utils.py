@@ -17,8 +17,8 @@ import torch
 
 # %% auto #0
 __all__ = ['DEVICE_TYPES', 'SCALES', 'get_device', 'check_int', 'make_generator', 'seed_everything', 'get_scale', 'by_scale',
-           'check_tensor', 'expect_error', 'to_model_range', 'check_image_range', 'cache_dir', 'to_image_grid',
-           'show_images', 'save_image_grid', 'scatter2d']
+           'check_tensor', 'expect_error', 'check_image_range', 'cache_dir', 'to_image_grid', 'show_images',
+           'save_image_grid', 'scatter2d']
 
 # %% ../nbs/00_utils.ipynb #283e8045
 DEVICE_TYPES = ("cpu", "cuda", "mps")
@@ -150,17 +150,6 @@ def expect_error(exc_type: type[BaseException],  # the exception class that must
         raise AssertionError(f"expected {exc_type.__name__}, nothing was raised")
 
 # %% ../nbs/00_utils.ipynb #04a23cc4
-def to_model_range(x: torch.Tensor,  # uint8 images in [0, 255], or floating images in `value_range`
-                   value_range: tuple[float, float] | None = None,  # range of floating input; None: uint8 → [0, 255]
-                   ) -> torch.Tensor:
-    "Images mapped linearly to float32 in [-1, 1], the range every model and metric of the book expects."
-    check_tensor(x, "x", min_ndim=1)
-    lo, hi = (0.0, 255.0) if value_range is None else value_range
-    if value_range is None and x.is_floating_point():
-        raise ValueError("x is floating point: pass value_range=(0, 1) or (0, 255) to say which range it is in.")
-    return (x.float() - lo) * (2.0 / (hi - lo)) - 1.0
-
-
 def check_image_range(x: torch.Tensor,  # (N, C, H, W) images
                       name: str,  # the argument's name, for the message
                       value_range: tuple[float, float] = (-1.0, 1.0),  # the declared range
@@ -170,13 +159,13 @@ def check_image_range(x: torch.Tensor,  # (N, C, H, W) images
     lo, hi = value_range
     width = hi - lo
     vmin, vmax = (float(v) for v in torch.aminmax(x.detach()))  # one host read, at entry only
-    how = (f"convert with diffusion_book.utils.to_model_range(x, value_range=(lo, hi)) "
-           f"(uint8: to_model_range(x)), or declare the range you use with value_range=")
+    how = ("convert uint8 images with diffusion_book.data.to_model_range(x) and images in [0, 1] with 2 * x - 1, "
+           "or declare the range you use with value_range=")
     if vmin < lo - tol * width or vmax > hi + tol * width:
         raise ValueError(f"{name}: values in [{vmin:.4g}, {vmax:.4g}] lie outside the declared range "
                          f"[{lo:g}, {hi:g}]; {how}.")
-    if vmin > lo + 0.5 * width:
-        raise ValueError(f"{name}: every value is in [{vmin:.4g}, {vmax:.4g}], above the midpoint of the declared "
+    if vmin >= lo + (0.5 - tol) * width:  # real images reach their dark end; a [0, 1] set never goes below 0
+        raise ValueError(f"{name}: every value is in [{vmin:.4g}, {vmax:.4g}], not below the midpoint of the declared "
                          f"range [{lo:g}, {hi:g}] — images in [0, 1] given as [-1, 1]? {how}.")
 
 # %% ../nbs/00_utils.ipynb #a4fc15ad

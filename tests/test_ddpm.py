@@ -29,7 +29,7 @@ def run(state, until=None):
 
 def test_resume_gives_identical_unet_weights(tmp_path):
     straight = make_train_state(tiny_unet(), CFG)
-    torch.manual_seed(123)  # dropout draws from the global generator, which the checkpoint also restores
+    torch.manual_seed(123)  # dropout draws from the global generator, which the checkpoint restores when asked
     run(straight)
     first = make_train_state(tiny_unet(), CFG)
     torch.manual_seed(123)
@@ -37,7 +37,7 @@ def test_resume_gives_identical_unet_weights(tmp_path):
     save_checkpoint(tmp_path / "c.safetensors", first, {"unet": "tiny"})
     torch.manual_seed(999)  # a new process would have other global random state
     resumed = make_train_state(tiny_unet(), CFG)
-    assert load_checkpoint(tmp_path / "c.safetensors", resumed) == {"unet": "tiny"}
+    assert load_checkpoint(tmp_path / "c.safetensors", resumed, restore_global_rng=True) == {"unet": "tiny"}
     run(resumed)
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
@@ -115,7 +115,8 @@ def test_bad_inputs():
 def test_sampler_is_exact_for_gaussian_data():
     "Data N(0, s²): the exact ε̂ is linear, and Algorithm 2 must return variance ≈ s² (large T)."
     s2, sched = 0.25, linear_beta_schedule(1000)
-    eps = lambda x, t: x * (1 - sched.alpha_bars[t]).sqrt()[:, None] / (sched.alpha_bars[t] * s2 + 1 - sched.alpha_bars[t])[:, None]
+    ab = lambda t: sched.alpha_bars[t.long()][:, None]  # t arrives as float step indices (the contract)
+    eps = lambda x, t: x * (1 - ab(t)).sqrt() / (ab(t) * s2 + 1 - ab(t))
     g = torch.Generator().manual_seed(0)
     x = ddpm_sample(eps, sched, torch.randn(20_000, 1, generator=g, dtype=torch.float64), generator=g)
     assert abs(x.var().item() - s2) < 5 * s2 * (2 / 20_000) ** 0.5 + 0.003
@@ -132,3 +133,12 @@ def test_sampler_generator_reproducible_and_callback():
     a = sample(0, lambda i, t, x, x0: calls.append(i))
     assert torch.equal(a, sample(0)) and not torch.equal(a, sample(1))
     assert calls == list(range(49, -1, -1)) and a.shape == (4, 2)
+
+
+def test_ddpm_sample_passes_float_integer_valued_t():
+    seen = []
+    record = lambda x, t: (seen.append((t.dtype, t.shape, bool((t == t.round()).all()))), torch.zeros_like(x))[1]
+    ddpm_sample(record, SCHED, torch.randn(3, 2))
+    ddpm_sample(record, SCHED, torch.randn(3, 2, dtype=torch.float64))
+    assert {d for d, _, _ in seen[:50]} == {torch.float32} and {d for d, _, _ in seen[50:]} == {torch.float64}
+    assert all(shape == (3,) and integral for _, shape, integral in seen)
