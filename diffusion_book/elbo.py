@@ -38,7 +38,7 @@ def posterior_variance(schedule: NoiseSchedule) -> torch.Tensor:
 
 
 def posterior_log_variance_clipped(schedule: NoiseSchedule) -> torch.Tensor:
-    "log β̃_t with index 0 replaced by index 1 so it is finite, float64 `(T,)` (Ho et al. 2020 and Nichol & Dhariwal 2021 code)."
+    "log β̃_t with index 0 replaced by index 1 so it is finite, float64 `(T,)` (Ho et al. 2020's code, kept by Nichol & Dhariwal 2021)."
     var = posterior_variance(schedule)
     if schedule.T < 2:
         raise ValueError("posterior_log_variance_clipped needs T >= 2: with T = 1 there is no β̃_2 to clip to.")

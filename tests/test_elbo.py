@@ -1,6 +1,8 @@
 """Tests for diffusion_book.elbo: shapes, edge cases, bad input, and parity with diffusers (-m parity)."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -348,3 +350,30 @@ def test_parity_posterior_with_diffusers_ddpm():
         noise = torch.randn(4, 3, generator=torch.Generator().manual_seed(1)) if t > 0 else torch.zeros(4, 3)
         mean, v, _ = q_posterior_mean_var(ours, x0.double(), x_t.double(), torch.full((4,), t))
         torch.testing.assert_close(out.double(), mean + v.sqrt() * noise.double(), rtol=2e-3, atol=2e-4)  # float32 ᾱ
+
+
+def test_vlb_terms_total_equals_direct_gaussian_elbo():
+    # independent of vlb_terms' decomposition: E_q[log p(x_T) + Σ log p(x_{t-1}|x_t) − Σ log q(x_t|x_{t-1})]
+    # over the joint Gaussian q(x_{0:T}) for Gaussian data and linear-Gaussian kernels (fixed-large variances)
+    s = cosine_beta_schedule(8)
+    mu, sd = 0.5, 0.5
+    gm = GaussianMixture(torch.tensor([[mu]], dtype=D64), sd)
+    best = mixture_reverse_mean_var(gm, s)
+    log_var = fixed_log_variance(s, "fixed_large")
+    fn = lambda x_t, t: (best(x_t, t)[0], log_var[t].reshape(-1, 1))
+    u, w = np.polynomial.hermite_e.hermegauss(8)
+    u, w = torch.tensor(u, dtype=D64), torch.tensor(w / math.sqrt(2 * math.pi), dtype=D64)
+    x0 = (mu + sd * u).repeat_interleave(8)[:, None]  # (64, 1)
+    res = vlb_terms(fn, s, x0, noise=u.repeat(8)[:, None], decoder="gaussian")
+    quad = -(res.total @ (w.repeat_interleave(8) * w.repeat(8)))
+    ab = torch.cat([torch.ones(1, dtype=D64), s.alpha_bars])
+    m, v = ab.sqrt() * mu, ab * sd**2 + 1 - ab
+    probe = torch.tensor([[0.0], [1.0]], dtype=D64)
+    direct = -0.5 * math.log(2 * math.pi) - 0.5 * (v[-1] + m[-1] ** 2)
+    for k in range(1, s.T + 1):
+        mean, lv = fn(probe, torch.full((2,), k - 1))
+        b, A, s2 = mean[0, 0], mean[1, 0] - mean[0, 0], lv[0, 0].exp()
+        exy = s.alphas[k - 1].sqrt() * v[k - 1] + m[k - 1] * m[k]
+        esq = v[k - 1] + m[k - 1] ** 2 - 2 * A * exy - 2 * b * m[k - 1] + A**2 * (v[k] + m[k] ** 2) + 2 * A * b * m[k] + b**2
+        direct = direct - 0.5 * torch.log(2 * math.pi * s2) - 0.5 * esq / s2 + 0.5 * torch.log(2 * math.pi * math.e * s.betas[k - 1])
+    assert abs(quad - direct) < 1e-10, (quad.item(), direct.item())
