@@ -24,10 +24,12 @@ from .utils import cache_dir, check_tensor
 
 # %% auto #0
 __all__ = ['TOY_DATASETS', 'NPM_DATASETS', 'IMAGE_DATASETS', 'SHAPE_NAMES', 'COLOUR_NAMES', 'COLOUR_RGB', 'SIZE_NAMES',
-           'POSITION_NAMES', 'SHAPES_SPLITS', 'sample_toy', 'GaussianMixture', 'ring_mixture', 'two_modes',
-           'load_digits', 'digits_dataset', 'read_idx', 'load_idx_images', 'npz_cache_path', 'fetch_dataset',
-           'load_mnist', 'load_fashion_mnist', 'load_cifar10', 'to_model_range', 'load_image_dataset', 'shapes_caption',
-           'load_shapes', 'detect_shapes', 'shapes_accuracy', 'degrade']
+           'POSITION_NAMES', 'SHAPES_SPLITS', 'PYDOC_ALPHABET', 'sample_toy', 'GaussianMixture', 'ring_mixture',
+           'two_modes', 'load_digits', 'digits_dataset', 'read_idx', 'load_idx_images', 'npz_cache_path',
+           'fetch_dataset', 'load_mnist', 'load_fashion_mnist', 'load_cifar10', 'to_model_range', 'load_image_dataset',
+           'shapes_caption', 'load_shapes', 'detect_shapes', 'shapes_accuracy', 'degrade', 'all_strings',
+           'EnumerableLanguage', 'MarkovChainLanguage', 'markov_language', 'ModularArithmeticLanguage',
+           'arithmetic_language', 'CharVocab', 'load_pydoc_text', 'text_windows', 'pydoc_corpus']
 
 # %% ../nbs/01_data.ipynb #3392fa31
 def _two_moons(n, g):
@@ -714,3 +716,272 @@ def degrade(images: torch.Tensor,  # (N, 3, H, W) uint8
     else:
         raise ValueError(f"kind must be 'noise', 'blur' or 'jitter', got {kind!r}.")
     return x.round().clamp(0, 255).to(torch.uint8)
+
+# %% ../nbs/01_data.ipynb #3360fe6b
+def all_strings(V: int,  # vocabulary size
+                L: int,  # string length
+                ) -> torch.Tensor:
+    "All V^L strings `(V^L, L)` int64, in the order of their base-V codes."
+    c = torch.arange(V ** L)  # (V^L,)
+    return torch.stack([(c // V ** (L - 1 - i)) % V for i in range(L)], 1)  # (V^L, L)
+
+
+class EnumerableLanguage:
+    "A distribution over token strings of one length, small enough to list: exact p(x), entropy and p(x_0^i | x_t)."
+
+    def __init__(self, strings: torch.Tensor,  # (N, L) int64: every string with p > 0, tokens in [0, V)
+                 probs: torch.Tensor,  # (N,) their probabilities (renormalised in float64)
+                 alphabet: str,  # one character per token: V = len(alphabet)
+                 ):
+        check_tensor(strings, "strings", ndim=2, floating=False)
+        check_tensor(probs, "probs", shape=(len(strings),), finite=True)
+        self.V, self.L = len(alphabet), strings.shape[1]
+        if len(set(alphabet)) != self.V or self.V < 2:
+            raise ValueError(f"alphabet must have at least 2 distinct characters, got {alphabet!r}.")
+        if self.V ** self.L > 10 ** 7:
+            raise ValueError(f"V^L = {self.V}^{self.L} strings is too many to enumerate.")
+        if strings.min() < 0 or strings.max() >= self.V or (probs <= 0).any():
+            raise ValueError(f"strings must hold tokens in [0, {self.V}) and probs must be positive.")
+        self.alphabet, self.strings = alphabet, strings.long()
+        self.probs = probs.double() / probs.double().sum()  # (N,)
+        self._codes = self.codes(self.strings)  # (N,)
+        if len(torch.unique(self._codes)) != len(self._codes):
+            raise ValueError("strings must be distinct.")
+        self._table = torch.full((self.V ** self.L,), -math.inf, dtype=torch.float64)  # log p of every string
+        self._table[self._codes] = self.probs.log()
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        "Each string as its base-V number `(B,)`: an index into the V^L possible strings."
+        weights = self.V ** torch.arange(self.L - 1, -1, -1, device=x.device)  # (L,)
+        return (x.long() * weights).sum(-1)
+
+    def all_strings(self) -> torch.Tensor:
+        "All V^L strings `(V^L, L)` in code order (most of them may have probability 0)."
+        return all_strings(self.V, self.L)
+
+    def log_prob(self, x: torch.Tensor,  # (B, L) tokens in [0, V)
+                 ) -> torch.Tensor:
+        "Exact log p(x) `(B,)` in nats, −inf outside the language."
+        check_tensor(x, "x", shape=(None, self.L), floating=False)
+        if len(x) and (x.min() < 0 or x.max() >= self.V):
+            raise ValueError(f"x must hold tokens in [0, {self.V}), got values in [{x.min()}, {x.max()}].")
+        return self._table.to(x.device)[self.codes(x)]
+
+    def is_valid(self, x: torch.Tensor) -> torch.Tensor:
+        "`(B,)` bool: whether each string has positive probability."
+        return torch.isfinite(self.log_prob(x))
+
+    def entropy(self) -> float:
+        "H(p) = −Σ p log p in nats: the best achievable expected negative log-likelihood."
+        return float(-(self.probs * self.probs.log()).sum())
+
+    def sample(self, n: int,  # number of strings
+               generator: torch.Generator | None = None,
+               ) -> torch.Tensor:
+        "n exact draws `(n, L)` int64."
+        return self.strings[torch.multinomial(self.probs, n, replacement=True, generator=generator)]
+
+    def distribution(self, x: torch.Tensor,  # (B, L) samples, tokens in [0, V)
+                     ) -> torch.Tensor:
+        "Empirical distribution of samples over all V^L strings `(V^L,)` (code order), float64."
+        return torch.bincount(self.codes(x).cpu(), minlength=self.V ** self.L).double() / len(x)
+
+    def exact_distribution(self) -> torch.Tensor:
+        "p over all V^L strings `(V^L,)` in code order."
+        return self._table.exp()
+
+    def conditionals(self, x_t: torch.Tensor,  # (B, L) tokens in [0, V], V meaning "masked"
+                     mask_id: int | None = None,  # the mask token; must be V (the default)
+                     ) -> torch.Tensor:
+        "Exact p(x_0^i = v | x_t) `(B, L, V)` by enumeration: the optimal denoiser of a masked diffusion model."
+        mask_id = self.V if mask_id is None else mask_id
+        if mask_id != self.V:
+            raise ValueError(f"mask_id must be V = {self.V}, got {mask_id}.")
+        check_tensor(x_t, "x_t", shape=(None, self.L), floating=False)
+        s = self.strings.to(x_t.device)  # (N, L)
+        compat = ((x_t[:, None, :] == mask_id) | (x_t[:, None, :] == s[None])).all(-1)  # (B, N)
+        w = compat * self.probs.to(x_t.device)  # (B, N) p(x_0) of the strings x_t could come from
+        p = torch.einsum("bn,nlv->blv", w, torch.nn.functional.one_hot(s, self.V).double())  # (B, L, V)
+        return self._normalise(p, x_t)
+
+    def _normalise(self, p, x_t):
+        "p(x_0^i | x_t) from unnormalised weights; for an impossible x_t (p(x_t) = 0): uniform at masked positions."
+        total = p.sum(-1, keepdim=True)  # (B, L, 1): p(x_t), the same at every position
+        fallback = torch.where(x_t[..., None] == self.V, 1.0 / self.V,
+                               torch.nn.functional.one_hot(x_t.clamp(max=self.V - 1), self.V).double())
+        return torch.where(total > 0, p / total.clamp_min(1e-300), fallback)
+
+    def log_conditionals(self, x_t: torch.Tensor) -> torch.Tensor:
+        "log p(x_0^i | x_t) `(B, L, V)` (−inf for impossible tokens): the exact denoiser as a `logits_fn`."
+        return self.conditionals(x_t).log()
+
+    def encode(self, text: str | list[str]) -> torch.Tensor:
+        "Strings of the alphabet → tokens `(L,)` or `(B, L)`."
+        if isinstance(text, str):
+            return torch.tensor([self.alphabet.index(c) for c in text])
+        return torch.stack([self.encode(t) for t in text])
+
+    def decode(self, x: torch.Tensor) -> str | list[str]:
+        "Tokens `(L,)` or `(B, L)` → strings (the mask token V shows as '_')."
+        chars = self.alphabet + "_"
+        return "".join(chars[i] for i in x.tolist()) if x.ndim == 1 else [self.decode(r) for r in x]
+
+    def __repr__(self):
+        return f"{type(self).__name__}(V={self.V}, L={self.L}, {len(self.strings)} strings, H={self.entropy():.4f} nats)"
+
+
+
+# %% ../nbs/01_data.ipynb #311e82ca
+class MarkovChainLanguage(EnumerableLanguage):
+    "Strings x_1…x_L of a first-order Markov chain: p(x) = π(x_1) Π_i P(x_{i+1} | x_i)."
+
+    def __init__(self, init: torch.Tensor,  # (V,) initial distribution π
+                 trans: torch.Tensor,  # (V, V) transition matrix, rows sum to 1
+                 length: int = 6,  # L
+                 alphabet: str | None = None,  # default "abcd…"
+                 ):
+        init, trans = torch.as_tensor(init, dtype=torch.float64), torch.as_tensor(trans, dtype=torch.float64)
+        V = len(init)
+        check_tensor(trans, "trans", shape=(V, V), finite=True)
+        if (init < 0).any() or (trans < 0).any() or not torch.allclose(trans.sum(1), torch.ones(V, dtype=torch.float64)) \
+                or not math.isclose(float(init.sum()), 1.0):
+            raise ValueError("init must be a probability vector and trans a row-stochastic matrix.")
+        if length < 1:
+            raise ValueError(f"length must be >= 1, got {length}.")
+        self.init, self.trans = init, trans
+        alphabet = alphabet or "abcdefghijklmnopqrstuvwxyz"[:V]
+        every = all_strings(V, length)  # (V^L, L)
+        p = self.chain_prob(every)
+        super().__init__(every[p > 0], p[p > 0], alphabet)
+
+    def chain_prob(self, x: torch.Tensor) -> torch.Tensor:
+        "π(x_1) Π P(x_{i+1} | x_i) `(B,)` from the chain's formula (not from the table)."
+        x = x.long()
+        return self.init[x[:, 0]] * self.trans[x[:, :-1], x[:, 1:]].prod(-1)
+
+    def conditionals(self, x_t: torch.Tensor,  # (B, L) tokens in [0, V], V meaning "masked"
+                     mask_id: int | None = None,
+                     ) -> torch.Tensor:
+        "Exact p(x_0^i | x_t) `(B, L, V)` by the forward–backward recursions, O(L V²) per string instead of enumeration."
+        mask_id = self.V if mask_id is None else mask_id
+        if mask_id != self.V:
+            raise ValueError(f"mask_id must be V = {self.V}, got {mask_id}.")
+        check_tensor(x_t, "x_t", shape=(None, self.L), floating=False)
+        V, P = self.V, self.trans.to(x_t.device)
+        e = ((x_t[..., None] == mask_id) | (x_t[..., None] == torch.arange(V, device=x_t.device))).double()  # (B, L, V)
+        alpha, beta = [self.init.to(x_t.device) * e[:, 0]], [torch.ones_like(e[:, 0])]
+        for i in range(1, self.L):
+            alpha.append((alpha[-1] @ P) * e[:, i])  # p(x_{≤i} consistent, x_i = v)
+            beta.insert(0, (e[:, self.L - i] * beta[0]) @ P.T)  # p(x_{>i} consistent | x_i = v)
+        return self._normalise(torch.stack(alpha, 1) * torch.stack(beta, 1), x_t)
+
+    def entropy_by_chain_rule(self) -> float:
+        "H(p) by the chain rule, H(x_1) + Σ_i H(x_{i+1} | x_i), computed from π and P without enumeration."
+        h = lambda p: -(p[p > 0] * p[p > 0].log()).sum()
+        marg, total = self.init, h(self.init)
+        for _ in range(self.L - 1):
+            total = total + sum(marg[a] * h(self.trans[a]) for a in range(self.V))
+            marg = marg @ self.trans
+        return float(total)
+
+
+def markov_language(length: int = 6) -> MarkovChainLanguage:
+    "The book's 4-symbol Markov chain of length 6 (4,096 strings of which 972 possible): forbidden transitions make validity measurable."
+    init = [0.4, 0.3, 0.2, 0.1]
+    trans = [[0.1, 0.6, 0.3, 0.0],  # a→d never happens
+             [0.0, 0.2, 0.5, 0.3],  # b→a never
+             [0.5, 0.0, 0.1, 0.4],  # c→b never
+             [0.3, 0.3, 0.0, 0.4]]  # d→c never
+    return MarkovChainLanguage(init, trans, length)
+
+
+
+# %% ../nbs/01_data.ipynb #d5190591
+class ModularArithmeticLanguage(EnumerableLanguage):
+    "Equations \"a+b=c\" with a, b uniform in {0…m−1} and c = (a + b) mod m: m² strings of 5 tokens."
+
+    def __init__(self, modulus: int = 5):
+        if not 2 <= modulus <= 10:
+            raise ValueError(f"modulus must be in [2, 10] (one digit per number), got {modulus}.")
+        self.modulus = m = modulus
+        alphabet = "0123456789"[:m] + "+="
+        a, b = torch.meshgrid(torch.arange(m), torch.arange(m), indexing="ij")
+        a, b = a.reshape(-1), b.reshape(-1)
+        strings = torch.stack([a, torch.full_like(a, m), b, torch.full_like(a, m + 1), (a + b) % m], 1)  # (m², 5)
+        super().__init__(strings, torch.full((m * m,), 1.0 / (m * m)), alphabet)
+
+    def is_valid(self, x: torch.Tensor) -> torch.Tensor:
+        "`(B,)` bool: digit '+' digit '=' digit, and the sum is right mod m (checked by arithmetic, not lookup)."
+        check_tensor(x, "x", shape=(None, 5), floating=False)
+        m, digit = self.modulus, lambda c: c < self.modulus
+        syntax = digit(x[:, 0]) & (x[:, 1] == m) & digit(x[:, 2]) & (x[:, 3] == m + 1) & digit(x[:, 4])
+        return syntax & ((x[:, 0] + x[:, 2]) % m == x[:, 4])
+
+
+def arithmetic_language(modulus: int = 5) -> ModularArithmeticLanguage:
+    "The book's \"a+b=c\" language mod 5: 25 equally likely equations over the 7 tokens 0–4, '+', '='."
+    return ModularArithmeticLanguage(modulus)
+
+
+
+
+# %% ../nbs/01_data.ipynb #b00059e3
+PYDOC_ALPHABET = "\n" + "".join(chr(c) for c in range(32, 127))  # newline + the 95 printable ASCII characters
+_FOLD = {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-", "\u2026": "...",
+         "\t": "    "}
+
+
+class CharVocab:
+    "Characters ↔ token ids for a fixed alphabet (unknown characters → '?')."
+
+    def __init__(self, alphabet: str = PYDOC_ALPHABET):
+        if len(set(alphabet)) != len(alphabet) or "?" not in alphabet:
+            raise ValueError("alphabet must have distinct characters and contain '?'.")
+        self.alphabet, self.V = alphabet, len(alphabet)
+        self._index = {c: i for i, c in enumerate(alphabet)}
+
+    def encode(self, text: str) -> torch.Tensor:
+        "Text → `(len(text),)` int64 ids."
+        unk = self._index["?"]
+        return torch.tensor([self._index.get(c, unk) for c in text], dtype=torch.long)
+
+    def decode(self, ids: torch.Tensor) -> str | list[str]:
+        "Ids `(n,)` → text, or `(B, n)` → list of texts; id V (the mask token) shows as '_'."
+        chars = self.alphabet + "_"
+        return "".join(chars[i] for i in ids.tolist()) if ids.ndim == 1 else [self.decode(r) for r in ids]
+
+
+def load_pydoc_text(split: str = "train",  # "train", "test" or "all"
+                    ) -> str:
+    "The help texts of Python's `pydoc_data.topics` (ships with Python, no download), ASCII-folded; test = the last tenth of every topic."
+    from pydoc_data.topics import topics
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}.")
+    parts = []
+    for name in sorted(topics):
+        text = "".join(_FOLD.get(c, c) for c in topics[name].strip("\n"))
+        cut = text.rfind("\n", 0, int(0.9 * len(text))) + 1 or int(0.9 * len(text))  # at a line break
+        parts.append(text if split == "all" else text[:cut] if split == "train" else text[cut:])
+    return "\n\n".join(p for p in parts if p)
+
+
+def text_windows(ids: torch.Tensor,  # (n,) token ids of one long text
+                 length: int,  # window length L
+                 stride: int | None = None,  # step between window starts; default L (no overlap)
+                 ) -> torch.Tensor:
+    "Fixed windows `(N, L)` cut from a token stream: the rows a sequence model trains on."
+    check_tensor(ids, "ids", ndim=1, floating=False)
+    stride = stride or length
+    if length < 1 or stride < 1 or len(ids) < length:
+        raise ValueError(f"need 1 <= length <= len(ids) and stride >= 1; got length={length}, stride={stride}, "
+                         f"len(ids)={len(ids)}.")
+    return ids.unfold(0, length, stride).contiguous()  # (N, L)
+
+
+def pydoc_corpus(split: str = "train",  # "train" or "test"
+                 length: int = 64,  # window length
+                 stride: int | None = None,  # default: length (non-overlapping windows)
+                 ) -> tuple[torch.Tensor, CharVocab]:
+    "Character windows `(N, length)` int64 of the pydoc text and the vocabulary (V = 96)."
+    vocab = CharVocab()
+    return text_windows(vocab.encode(load_pydoc_text(split)), length, stride), vocab
