@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from .elbo import _gather, fixed_log_variance, posterior_mean_coefs
-from .schedules import NoiseSchedule
+from .schedules import NoiseSchedule, network_time
 from .utils import check_tensor
 
 # %% auto #0
@@ -35,7 +35,7 @@ def eps_to_posterior_mean(schedule: NoiseSchedule,
 def vlb_weights(schedule: NoiseSchedule,
                 variance: str = "fixed_small",  # σ_t² = β̃_t ("fixed_small") or β_t ("fixed_large"), as in chapter 03
                 ) -> torch.Tensor:
-    "λ_t = β_t²/(2σ_t² α_t (1−ᾱ_t)) with L_{t−1} = λ_t E‖ε − ε_θ‖² + C_t: float64 `(T,)` (Ho et al. 2020, Eq. 12)."
+    "ω_t = β_t²/(2σ_t² α_t (1−ᾱ_t)) with L_{t−1} = ω_t E‖ε − ε_θ‖² + C_t: float64 `(T,)` (Ho et al. 2020, Eq. 12)."
     sigma2 = fixed_log_variance(schedule, variance).exp()  # (T,)
     return schedule.betas**2 / (2 * sigma2 * schedule.alphas * (1 - schedule.alpha_bars))
 
@@ -45,12 +45,12 @@ def l_simple(eps_model: Callable,  # eps_model(x_t (B, …), t (B,) float, integ
              x0: torch.Tensor,  # (B, …) clean data
              *,
              generator: torch.Generator | None = None,  # draws t and ε (on x0's device)
-             weighting: torch.Tensor | None = None,  # (T,) per-step weights w_t; None: all 1 (Ho et al.'s L_simple)
-             t: torch.Tensor | None = None,  # (B,) step indices to use instead of uniform draws
+             weighting: torch.Tensor | None = None,  # (T,) per-step weights ω_t; None: all 1 (Ho et al.'s L_simple)
+             t: torch.Tensor | None = None,  # (B,) step indices (int64 or integer-valued float) instead of draws
              noise: torch.Tensor | None = None,  # (B, …) ε to use instead of draws
              reduction: str = "mean",  # "mean": a scalar; "none": one value per example (B,)
              ) -> torch.Tensor:
-    "w_t · mean over coordinates of (ε − ε_θ(x_t, t))², averaged over the batch (Ho et al. 2020, Eq. 14; Algorithm 1)."
+    "ω_t · mean over coordinates of (ε − ε_θ(x_t, t))², averaged over the batch (Ho et al. 2020, Eq. 14; Algorithm 1)."
     check_tensor(x0, "x0", min_ndim=1, floating=True, finite=True)
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}.")
@@ -61,7 +61,7 @@ def l_simple(eps_model: Callable,  # eps_model(x_t (B, …), t (B,) float, integ
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     check_tensor(noise, "noise", shape=tuple(x0.shape), floating=True, finite=True)
-    eps_hat = eps_model(schedule.q_sample(x0, t, noise=noise), t.float())
+    eps_hat = eps_model(schedule.q_sample(x0, t, noise=noise), network_time(t, x0))
     if not isinstance(eps_hat, torch.Tensor) or eps_hat.shape != x0.shape:
         raise ValueError(f"eps_model must return a tensor of x0's shape {tuple(x0.shape)}, "
                          f"got {tuple(eps_hat.shape) if isinstance(eps_hat, torch.Tensor) else type(eps_hat).__name__}.")
@@ -83,7 +83,7 @@ def reverse_mean_var_fn(eps_model: Callable,  # eps_model(x_t, t float (B,)) -> 
     c0_all, ct_all = posterior_mean_coefs(schedule)
 
     def mean_var_fn(x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        eps_hat = eps_model(x_t, schedule._check_t(t, x_t.shape[0]).to(x_t.device).float().expand(x_t.shape[0]))
+        eps_hat = eps_model(x_t, network_time(schedule._check_t(t, x_t.shape[0]).expand(x_t.shape[0]), x_t))
         if clip_x0 is None:
             mean = eps_to_posterior_mean(schedule, x_t, t, eps_hat)
         else:
@@ -98,8 +98,13 @@ ALPHA_BAR_MIN = 1e-12  # ᾱ and 1 − ᾱ are clamped below at this value befor
 
 
 def _sqrt_ab(alpha_bar, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    "Validate ᾱ ∈ [0, 1] broadcasting over x; return √ᾱ and √(1−ᾱ), each clamped at √ALPHA_BAR_MIN."
-    ab = torch.as_tensor(alpha_bar, dtype=x.dtype, device=x.device)
+    "Validate ᾱ ∈ [0, 1] broadcasting over x; √ᾱ and √(1−ᾱ) formed in float64, clamped, then cast to x's dtype."
+    is_tensor = isinstance(alpha_bar, torch.Tensor)
+    ab = alpha_bar if is_tensor else torch.as_tensor(alpha_bar, dtype=torch.float64)  # a number: exact in float64
+    work = torch.float64 if ab.dtype == torch.float64 else x.dtype
+    if ab.device.type == "mps":  # no float64 there
+        work = x.dtype
+    ab = ab.to(work)
     try:
         ok = ab.ndim in (0, x.ndim) and torch.broadcast_shapes(ab.shape, x.shape) == x.shape
     except RuntimeError:
@@ -109,7 +114,8 @@ def _sqrt_ab(alpha_bar, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                          f"(e.g. schedule.extract('alpha_bars', t, x)); got shape {tuple(ab.shape)}.")
     if not torch.isfinite(ab).all() or (ab < 0).any() or (ab > 1).any():
         raise ValueError("alpha_bar must lie in [0, 1].")
-    return ab.clamp_min(ALPHA_BAR_MIN).sqrt(), (1 - ab).clamp_min(ALPHA_BAR_MIN).sqrt()
+    a, s = ab.clamp_min(ALPHA_BAR_MIN).sqrt(), (1 - ab).clamp_min(ALPHA_BAR_MIN).sqrt()  # before the cast
+    return a.to(dtype=x.dtype, device=x.device), s.to(dtype=x.dtype, device=x.device)
 
 
 def _check_pair(a, a_name, b, b_name):
@@ -178,7 +184,7 @@ def v_to_eps(x_t: torch.Tensor,  # (B, …) noised data
 def eps_to_score(eps: torch.Tensor,  # (B, …) ε-prediction
                  alpha_bar,  # ᾱ_t: a number or (B, 1, …, 1)
                  ) -> torch.Tensor:
-    "∇ log q(x_t) = −ε/√(1−ᾱ) for the optimal ε (Tweedie's formula; Song et al. 2021); error amplified near t = 0."
+    "∇ log q(x_t) = −ε/√(1−ᾱ) for the optimal ε (Tweedie's formula; Song, Sohl-Dickstein et al. 2021); error amplified near t = 0."
     check_tensor(eps, "eps", min_ndim=1, floating=True, finite=True)
     return -eps / _sqrt_ab(alpha_bar, eps)[1]
 
@@ -186,7 +192,7 @@ def eps_to_score(eps: torch.Tensor,  # (B, …) ε-prediction
 def score_to_eps(score: torch.Tensor,  # (B, …) score ∇ log q(x_t)
                  alpha_bar,  # ᾱ_t: a number or (B, 1, …, 1)
                  ) -> torch.Tensor:
-    "ε = −√(1−ᾱ) ∇ log q(x_t) (Vincent 2011's denoising score matching; Song et al. 2021)."
+    "ε = −√(1−ᾱ) ∇ log q(x_t) (Vincent 2011's denoising score matching; Song, Sohl-Dickstein et al. 2021)."
     check_tensor(score, "score", min_ndim=1, floating=True, finite=True)
     return -_sqrt_ab(alpha_bar, score)[1] * score
 

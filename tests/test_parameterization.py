@@ -319,3 +319,59 @@ def test_parity_conversions_with_diffusers():
         out_v = v_sched.step(v, t, x_t, generator=gen(1))
         torch.testing.assert_close(out_v.pred_original_sample.double(), v_to_x0(x_t.double(), v.double(), ab),
                                    rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- precision and the time contract (issue 14)
+def test_sqrt_ab_forms_a_and_s_in_float64_before_the_cast():
+    # ᾱ near 1 in float32 loses 1 − ᾱ; given a float64 ᾱ (or a number) the conversions keep it
+    cos = cosine_beta_schedule(1000)
+    ab64 = cos.alpha_bars[:1].reshape(1, 1)  # ᾱ_1, float64
+    s_exact = (1 - ab64).sqrt()
+    x = torch.zeros(1, 1)
+    eps = torch.ones(1, 1)
+    score = eps_to_score(eps, ab64)  # −ε/s in float32
+    assert score.dtype == torch.float32
+    assert abs(score.double().item() / (-1 / s_exact.item()) - 1) < 1e-6
+    score_num = eps_to_score(eps, ab64.item())  # a Python number is exact in float64 too
+    assert abs(score_num.double().item() / (-1 / s_exact.item()) - 1) < 1e-6
+    # x0 -> eps against the true ε at the first cosine step, float32 data, float64 ᾱ
+    x0 = torch.randn(64, 3, generator=gen(20))
+    e = torch.randn(64, 3, generator=gen(21))
+    t = torch.zeros(64, dtype=torch.long)
+    x_t = cos.q_sample(x0, t, noise=e)
+    err = (x0_to_eps(x_t, x0, cos.alpha_bars[t][:, None]) - e).abs().max().item()
+    tol = 8 * torch.finfo(torch.float32).eps / 2 * 5 / s_exact.item()  # |x| ≲ 5, conditioning 1/s
+    assert err < tol, (err, tol)
+
+
+class TimeRecorder:
+    "An ε-model that records the t it is called with."
+
+    def __call__(self, x, t, cond=None):
+        self.t = t
+        return 0.5 * x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_network_time_contract_l_simple_and_reverse_fn(lin, dtype):
+    # the network sees (B,) floating t: float32, or float64 when x is float64; t= may be int64 or integer float
+    m = TimeRecorder()
+    x0 = torch.randn(4, 2, dtype=dtype)
+    for t in (torch.tensor([0, 3, 500, 999]), torch.tensor([0.0, 3.0, 500.0, 999.0], dtype=dtype)):
+        l_simple(m, lin, x0, t=t)
+        assert m.t.dtype == dtype and m.t.shape == (4,)
+        torch.testing.assert_close(m.t, torch.tensor([0, 3, 500, 999], dtype=dtype))
+        reverse_mean_var_fn(m, lin)(x0, t)
+        assert m.t.dtype == dtype and m.t.shape == (4,)
+    # float t gives exactly what int64 t gives
+    a = l_simple(m, lin, x0, t=torch.tensor([0, 3, 500, 999]), noise=torch.ones_like(x0), reduction="none")
+    b = l_simple(m, lin, x0, t=torch.tensor([0.0, 3.0, 500.0, 999.0]), noise=torch.ones_like(x0), reduction="none")
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_ideal_denoiser_accepts_the_network_time(lin):
+    ideal = IdealDenoiser(torch.randn(10, 3, dtype=D64), lin)
+    x_t = torch.randn(4, 3, dtype=D64)
+    t = torch.tensor([1, 10, 100, 999])
+    torch.testing.assert_close(ideal(x_t, t.double()), ideal(x_t, t), atol=0, rtol=0)
+    torch.testing.assert_close(ideal(x_t, t.float()), ideal(x_t, t), atol=0, rtol=0)
