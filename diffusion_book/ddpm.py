@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import copy
 import json
 import math
@@ -98,6 +99,7 @@ class TrainState:
 
 def make_train_state(model,  # an `nn.Module`, or a function `() -> nn.Module` built under `config.seed`
                      config: TrainConfig,
+                     fused: bool | None = None,  # fused AdamW (no per-parameter host sync); None: on CUDA only
                      ) -> TrainState:
     "AdamW (fused on CUDA), an EMA and a seeded generator on the model's device; seeds the init if given a builder."
     if not isinstance(model, torch.nn.Module):
@@ -110,10 +112,15 @@ def make_train_state(model,  # an `nn.Module`, or a function `() -> nn.Module` b
             raise TypeError(f"the model builder returned {type(model).__name__}, not an nn.Module.")
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr_at(0), weight_decay=config.weight_decay,
-                            fused=device.type == "cuda")
+                            fused=device.type == "cuda" if fused is None else fused)
     return TrainState(model, opt, EMA(model, config.ema_decay), torch.Generator(device).manual_seed(config.seed))
 
 # %% ../nbs/07_ddpm.ipynb #0f9ff40a
+def _chunk_generator(seed: int, step: int, chunk: int, device) -> torch.Generator:
+    "The generator of micro-batch `chunk` at `step`: a function of (seed, step, chunk) only, so any split agrees."
+    return torch.Generator(device).manual_seed((seed * 1_000_003 + step * 65_537 + chunk * 8_191 + 1) % 2**63)
+
+
 def train_loop(state: TrainState,  # model, optimizer, EMA, generator, step (updated in place)
                data: torch.Tensor,  # (N, …) training set in the model's range, e.g. [-1, 1]
                config: TrainConfig,
@@ -121,6 +128,12 @@ def train_loop(state: TrainState,  # model, optimizer, EMA, generator, step (upd
                labels: torch.Tensor | None = None,  # (N,) class ids, passed to `loss_fn` as `cond`
                until: int | None = None,  # stop at this step instead of `config.steps` (e.g. to checkpoint)
                value_range: tuple[float, float] | None = (-1.0, 1.0),  # images (N, C, H, W) must lie in it; None: no check
+               *,
+               accumulate: int = 1,  # micro-batches per optimizer step (gradient accumulation)
+               rank: int = 0,  # this process's index among `world` data-parallel processes (chapter 18)
+               world: int = 1,  # number of data-parallel processes; each takes its share of the batch
+               ddp_model: torch.nn.Module | None = None,  # the DistributedDataParallel wrapper of `state.model`
+               log_every: int = 1,  # read loss and gradient norm (a host sync) every this many steps
                ):
     "The book's one optimisation loop: batches, lr warm-up, autocast, NaN stop, clipping, EMA. Yields per step."
     check_tensor(data, "data", min_ndim=2, finite=True)  # floating images or vectors; integer tokens (chapter 17)
@@ -128,34 +141,63 @@ def train_loop(state: TrainState,  # model, optimizer, EMA, generator, step (upd
         check_image_range(data, "data", value_range)
     if labels is not None:
         check_tensor(labels, "labels", shape=(len(data),), floating=False)
+    chunks = check_int(world, "world", minimum=1) * check_int(accumulate, "accumulate", minimum=1)
+    if config.batch_size % chunks:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by world × accumulate = {chunks}.")
+    log_every = check_int(log_every, "log_every", minimum=1)
     model, opt, g = state.model, state.optimizer, state.generator
+    forward = ddp_model if ddp_model is not None else model
     device = g.device
     data = data.to(device)
     labels = labels.to(device) if labels is not None else None
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.mixed_precision and device.type == "cuda")
+    clip = config.grad_clip if config.grad_clip is not None else float("inf")
+    size = config.batch_size // chunks
+    pending, bad = [], torch.full((), -1, dtype=torch.long, device=device)  # losses not yet read; first bad step
     model.train()
     while state.step < (config.steps if until is None else until):
-        idx = torch.randint(len(data), (config.batch_size,), generator=g, device=device)
-        x0, cond = data[idx], (labels[idx] if labels is not None else None)
+        idx = torch.randint(len(data), (config.batch_size,), generator=g, device=device)  # the global batch
         lr = config.lr_at(state.step)
         for group in opt.param_groups:
             group["lr"] = lr
-        with amp:
-            out = loss_fn(model, x0, cond, g)
-        loss, parts = out if isinstance(out, tuple) else (out, {})
-        if not torch.isfinite(loss):
+        opt.zero_grad(set_to_none=True)
+        loss, parts = 0.0, {}
+        for j in range(accumulate):  # this process's micro-batches of the global batch
+            c = rank * accumulate + j
+            sel = idx if chunks == 1 else idx[c * size:(c + 1) * size]
+            gen = g if chunks == 1 else _chunk_generator(config.seed, state.step, c, device)
+            sync = contextlib.nullcontext() if ddp_model is None or j == accumulate - 1 else ddp_model.no_sync()
+            with sync:
+                with amp:
+                    out = loss_fn(forward, data[sel], labels[sel] if labels is not None else None, gen)
+                micro, micro_parts = out if isinstance(out, tuple) else (out, {})
+                (micro / accumulate).backward()
+            loss = loss + micro.detach() / accumulate
+            parts = {k: parts.get(k, 0.0) + v.detach() / accumulate for k, v in micro_parts.items()}
+        if log_every == 1 and not torch.isfinite(loss):  # checked before the step: the weights stay the last good ones
             raise FloatingPointError(f"training stopped: loss is {loss.item()} at step {state.step + 1}; "
                                      "the weights are those of the last finite step (lower lr, or check the data).")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip = config.grad_clip if config.grad_clip is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         state.ema.update(model)
         state.step += 1
-        state.losses.append(loss.item())
-        yield {"step": state.step, "loss": state.losses[-1], **{k: float(v) for k, v in parts.items()},
-               "lr": lr, "grad_norm": grad_norm.item()}
+        if log_every == 1:
+            state.losses.append(loss.item())
+            yield {"step": state.step, "loss": state.losses[-1], **{k: float(v) for k, v in parts.items()},
+                   "lr": lr, "grad_norm": grad_norm.item()}
+            continue
+        bad = torch.where((bad < 0) & ~torch.isfinite(loss), state.step, bad)  # on the device: no sync
+        pending.append(loss)
+        rec = {"step": state.step, "lr": lr}
+        if state.step % log_every == 0 or state.step == (config.steps if until is None else until):
+            if int(bad) >= 0:  # one host read per log_every steps
+                raise FloatingPointError(f"training stopped: the loss became non-finite at step {int(bad)} "
+                                         f"(found at step {state.step}; log_every={log_every}, so the weights are "
+                                         "those of that step: resume from the last checkpoint).")
+            state.losses += torch.stack(pending).tolist()
+            pending = []
+            rec.update(loss=state.losses[-1], grad_norm=float(grad_norm), **{k: float(v) for k, v in parts.items()})
+        yield rec
 
 
 def train_ddpm(state: TrainState,  # model, optimizer, EMA, generator, step (updated in place)
