@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from .parameterization import eps_to_score
-from .schedules import NoiseSchedule
+from .schedules import NoiseSchedule, network_time
 from .utils import check_tensor
 
 # %% auto #0
@@ -154,14 +154,15 @@ def dsm_loss(score_fn: Callable,  # score_fn(x̃ (B, …)) -> s_θ(x̃) (B, …)
 def eps_model_to_score(eps_model: Callable,  # eps_model(x_t (B, …), t (B,), cond=None) -> ε̂ (B, …)
                        schedule: NoiseSchedule,
                        ) -> Callable:
-    "s_θ(x_t, t) = −ε_θ(x_t, t)/√(1−ᾱ_t): an ε-network as a score model (Song et al. 2021, App. B; Ho et al. 2020, §3.2)."
+    "s_θ(x_t, t) = −ε_θ(x_t, t)/√(1−ᾱ_t): an ε-network as a score model (Song, Sohl-Dickstein et al. 2021, score SDE; Ho et al. 2020, §3.2)."
     def score_model(x_t: torch.Tensor,  # (B, …) noised data
-                    t: torch.Tensor,  # (B,) integer-valued step indices (index t = paper's t+1)
+                    t: torch.Tensor,  # (B,) step indices, int64 or integer-valued float (index t = paper's t+1)
                     cond=None,  # passed through to the network
                     ) -> torch.Tensor:
         check_tensor(x_t, "x_t", min_ndim=1, floating=True, finite=True)
         alpha_bar = schedule.extract("alpha_bars", t, x_t)  # (B|1, 1, …, 1); validates t
-        eps = eps_model(x_t, t) if cond is None else eps_model(x_t, t, cond)
+        t_net = network_time(torch.as_tensor(t).reshape(-1).expand(x_t.shape[0]), x_t)  # the network's float time
+        eps = eps_model(x_t, t_net) if cond is None else eps_model(x_t, t_net, cond)
         if not isinstance(eps, torch.Tensor) or eps.shape != x_t.shape:
             raise ValueError(f"eps_model must return a tensor of x_t's shape {tuple(x_t.shape)}.")
         return eps_to_score(eps, alpha_bar)

@@ -119,3 +119,21 @@ def test_bad_input():
         eps_model_to_score(lambda x_t, t: x_t, sched)(x, torch.tensor([10] * 4))
     with pytest.raises(ValueError, match="eps_model must return a tensor"):
         eps_model_to_score(lambda x_t, t: x_t[:, :1], sched)(x, torch.tensor([1] * 4))
+
+
+def test_eps_model_to_score_passes_the_network_time():
+    # the ε-network inside the score model sees a (B,) float t (float64 for float64 x), whatever form t had
+    gm, sched = ring_mixture(), linear_beta_schedule(1000)
+    seen = {}
+
+    def eps_model(x_t, tt):
+        seen["t"] = tt
+        return gm.eps_oracle(x_t, sched.alpha_bars[tt.long()])
+
+    x = torch.randn(3, 2, generator=gen(14), dtype=D64)
+    score_model = eps_model_to_score(eps_model, sched)
+    ref = score_model(x, torch.tensor([5, 300, 900]))
+    assert seen["t"].dtype == torch.float64 and seen["t"].shape == (3,)
+    torch.testing.assert_close(score_model(x, torch.tensor([5.0, 300.0, 900.0])), ref, atol=0, rtol=0)
+    score_model(x.float(), torch.tensor([5, 300, 900]))
+    assert seen["t"].dtype == torch.float32
