@@ -9,7 +9,7 @@ step() { echo; echo "=== $* ==="; S0=$(date +%s); }
 done_step() { echo "--- $(( $(date +%s) - S0 )) s"; }
 snapshot() { find diffusion_book -name '*.py' -print0 | sort -z | xargs -0 sha256sum | sha256sum; }
 
-step "1/5 library in sync with the notebooks (nbdev-export changes nothing)"
+step "1/6 library in sync with the notebooks (nbdev-export changes nothing)"
 before=$(snapshot; git status --porcelain -- diffusion_book)
 $V/nbdev-export
 after=$(snapshot; git status --porcelain -- diffusion_book)
@@ -22,7 +22,7 @@ fi
 if [ "${CI:-}" = "true" ] && ! git diff --exit-code --stat -- diffusion_book; then fail=1; fi
 done_step
 
-step "2/5 notebooks clean (committed without outputs; nbdev-clean changes nothing)"
+step "2/6 notebooks clean (committed without outputs; nbdev-clean changes nothing)"
 before=$(find nbs -name '*.ipynb' -print0 | sort -z | xargs -0 sha256sum)
 $V/nbdev-clean
 after=$(find nbs -name '*.ipynb' -print0 | sort -z | xargs -0 sha256sum)
@@ -33,14 +33,14 @@ if [ "$before" != "$after" ]; then
 fi
 done_step
 
-step "3/5 library tests (pytest tests/)"
+step "3/6 library tests (pytest tests/)"
 $V/python -m pytest tests/ -q -rs
 rc=$?
 if [ $rc -eq 5 ]; then echo "FAIL: pytest collected no tests in tests/"; fail=1
 elif [ $rc -ne 0 ]; then fail=1; fi
 done_step
 
-step "4/5 every chapter executed (nbval --nbval-lax; checks are assert cells)"
+step "4/6 every chapter executed (nbval --nbval-lax; checks are assert cells)"
 $V/python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 -p no:cacheprovider nbs/ -q
 rc=$?
 nbval_ok=1
@@ -48,10 +48,15 @@ if [ $rc -eq 5 ]; then echo "FAIL: nbval collected no notebook cells in nbs/"; f
 elif [ $rc -ne 0 ]; then fail=1; nbval_ok=0; fi
 done_step
 
-step "5/5 rendered book: render from the executed chapters, then check every page in headless Chromium"
+step "5/6 rendered book: render from the executed chapters, then check every page in headless Chromium"
 if [ $nbval_ok -eq 0 ]; then echo "skipped: a chapter failed to execute above"
 elif $V/python tools/execute_book.py && $V/python tools/render_book.py --src _build/executed --out _book \
    && $V/python tools/check_book.py _book; then :; else fail=1; fi
+done_step
+
+step "6/6 numbers in prose come from execution (tools/check_numbers.py on _build/executed/)"
+if [ $nbval_ok -eq 0 ]; then echo "skipped: a chapter failed to execute above"
+elif ! $V/python tools/check_numbers.py; then fail=1; fi
 done_step
 
 echo
