@@ -89,3 +89,10 @@ def test_cli_exit_status(tmp_path):
     assert r.returncode == 0, r.stdout
     r = subprocess.run([sys.executable, str(tool), str(good), str(bad)], capture_output=True, text=True)
     assert r.returncode == 1 and "02_bad.ipynb" in r.stdout and "'3.25'" in r.stdout
+
+
+def test_shapes_row_labels_and_chapter_lists(tmp_path):
+    cells = [("code", "pass"),
+             ("markdown", "| chapter | what |\n|---|---|\n| 10 [SDEs](10_sde.html) | VP |\n| 13 Guidance | soon |\n"
+                          "Digits are 8×8, FULL uses 28×28 images; see (03, 04, 11). Stale: 0.731 and | 47 |.")]
+    assert _bad(tmp_path, cells) == ["0.731", "47"]

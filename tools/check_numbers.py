@@ -12,7 +12,8 @@ The heuristic, in order (documented here, tested in `tests/test_check_numbers.py
    (`0.53`, `3.009`), every integer ≥ 10 (`1437`, `1,437`, `4 000`, `200\\,000`), every power of ten or
    scientific number (`10^{-4}`, `3\\cdot 10^{-5}`, `2×10⁻³`, `1e-5`, `10⁻⁴`), and percentages (`85 %`). Integers
    1900–2029 are read as years and skipped. Digits glued to a letter or underscore (`float32`, `x_1`, `\\log_2`,
-   `H200`) are not numbers. Cells from an `## Exercises` heading to the next level-2 heading are skipped:
+   `H200`) are not numbers; nor are shapes (`8×8`, `28×28`), a table row's number label (`| 10 [SDEs](…)`, the
+   index's map) or a parenthesised list of two-digit chapter numbers (`(03, 04, 11)`). Cells from an `## Exercises` heading to the next level-2 heading are skipped:
    exercises propose parameters, they report no results.
 2. **Where it may come from.** A stated number passes when it equals, at the precision it is written with,
    a number in any output of the chapter (`text/plain`, `stream`, `text/markdown`) — e.g. "0.53" matches a
@@ -66,6 +67,9 @@ _REMOVE = [
                r"arxiv)\.?(?:\s|~|\\,)*(?:[A-Z]?\d+(?:\.\d+)*[a-z]?(?:\s*(?:[-–—,]|and|to|or|&)\s*)?)+"),
     re.compile(r"§\s*\d+(?:\.\d+)*(?:\s*[-–]\s*\d+(?:\.\d+)*)?"),
     re.compile(r"\{#[^}]*\}"),  # {#eq-label}
+    re.compile(r"\d+\s*(?:×|\\times|x)\s*\d+(?:\s*(?:×|\\times|x)\s*\d+)*(?![\w.])"),  # shapes: 8×8, 28×28
+    re.compile(r"(?m)(?<=\|)[ \t]*\d{1,2}(?=[ \t]+[A-Z\[])"),  # a table row's number label: "| 10 [SDEs](…)"
+    re.compile(r"\((?:\d{2}(?:\s*[,–-]\s*|\s+and\s+)?)+\)"),  # chapter lists with leading zeros: (03, 04, 11)
 ]
 _POW = re.compile(r"(?:(?P<m>\d+(?:\.\d+)?)\s*(?:\\cdot|\\times|×|·|\*)\s*)?10\s*\^\s*\{?\s*(?P<e>[-−+]?\s*\d+)\s*\}?")
 _SCI = re.compile(r"(?<![\w.])(?P<m>\d+(?:\.\d+)?)[eE](?P<e>[-+]?\d+)(?![\w])")
