@@ -231,3 +231,24 @@ def test_bad_input():
         reverse_sde_sample(vp, score, torch.full((4, 2), float("nan")), steps=2)
     with pytest.raises(TypeError, match="x0 must be a torch.Tensor"):
         euler_maruyama(vp, [[0.0, 0.0]], steps=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_time_contract_score_fn_gets_a_B_vector_of_continuous_times(dtype):
+    "Every integrator of chapter 10 calls score_fn(x, t) with t a (B,) floating tensor of x's dtype, in [0, 1]."
+    gm, vp = ring_mixture(), VPSDE()
+    score, seen = mixture_score_fn(gm, vp), []
+
+    def recording(x, t):
+        seen.append(t)
+        return score(x.double(), t.double()).to(x.dtype)
+
+    x_T = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    reverse_sde_sample(vp, recording, x_T, steps=3, generator=torch.Generator().manual_seed(1))
+    for method in ("euler", "heun", "rk4"):
+        probability_flow_sample(vp, recording, x_T, steps=3, method=method)
+    probability_flow_encode(vp, recording, x_T, steps=3)
+    assert len(seen) > 10
+    for t in seen:
+        assert isinstance(t, torch.Tensor) and t.shape == (5,) and t.dtype == dtype, (t.shape, t.dtype)
+        assert (t == t[0]).all() and 0 <= t[0] <= 1
