@@ -73,7 +73,7 @@ def _extract(self, name: str,  # a float64 (T,) table: "betas", "alphas", "alpha
              *,
              check: bool = True,  # validate t's values (one host sync); pass False in a loop validated at entry
              ) -> torch.Tensor:
-    "Schedule values `name` at steps t, as x's dtype/device, shaped (B, 1, …, 1) to broadcast over x."
+    "Table `name` at steps t — int64 or integer-valued float (a network's time), rounded — cast to x's dtype/device, shaped (B, 1, …, 1)."
     key = (name, x.device, x.dtype)
     if key not in self._cache:  # one copy per device and dtype (float64 stays on the CPU: MPS has none)
         self._cache[key] = getattr(self, name).to(dtype=x.dtype).to(x.device)  # cast after forming, in float64
