@@ -256,7 +256,8 @@ def pages_of(book: Path, config: Path | None) -> tuple[list[str], bool]:
 
 def screenshot(chromium: str, book: Path, page: str, out: Path, budget_ms: int, timeout: float,
                size: str = "1280,1600") -> str | None:
-    """Save a PNG of `page`; returns an error message or None."""
+    """Save a PNG of `page` (`page.html#anchor` scrolls there); returns an error message or None."""
+    page, _, frag = page.partition("#")
     path = (book / page).resolve()
     if not path.is_file():
         return f"screenshot page not found: {path}"
@@ -266,7 +267,7 @@ def screenshot(chromium: str, book: Path, page: str, out: Path, budget_ms: int, 
         out.unlink()
     try:
         proc = run_chromium(chromium, [f"--virtual-time-budget={budget_ms}", f"--window-size={size}",
-                                       f"--screenshot={out}", path.as_uri()], timeout)
+                                       f"--screenshot={out}", path.as_uri() + (f"?at={frag}" if frag else "")], timeout)
     except subprocess.TimeoutExpired:
         return f"chromium timed out taking the screenshot after {timeout:.0f} s"
     if proc.returncode != 0 or not out.is_file() or out.stat().st_size == 0:
@@ -345,7 +346,11 @@ def check_api(book: Path, manifest: dict, lib: Path) -> tuple[list[str], int]:
         tree = ast.parse(path.read_text())
         for node in tree.body:
             if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets):
-                for name in ast.literal_eval(node.value):
+                try:
+                    names = list(ast.literal_eval(node.value))
+                except ValueError:  # a computed __all__ (the package re-exporting its modules' names)
+                    names = []
+                for name in names:
                     n += 1
                     if f"api-{path.stem}-{name}" not in ids:
                         problems.append(f"API entry missing for {path.relative_to(lib.parent)}: {name}")

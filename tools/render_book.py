@@ -37,7 +37,7 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,6 +261,8 @@ class Converter:
                 ident = f"#{label} " if label.startswith("fig-") else ""
                 fig = "\n\n".join(outs[k:imgs[-1] + 1])
                 outs[k:imgs[-1] + 1] = [f"::: {{{ident}.figure .cell-output-display}}\n{fig}\n\n{cap}\n:::"]
+            elif label.startswith("fig-"):  # no image (not executed, or it failed): keep the label resolvable
+                outs.append(f"::: {{#{label} .figure .cell-output-display}}\n{cap or 'Figure not rendered.'}\n:::")
         if not outs and not parts:
             return ""
         ident = f"#{label} " if label and not label.startswith("fig-") else ""
@@ -327,12 +329,11 @@ def _anno(a: Any) -> str:
     return a if isinstance(a, str) else getattr(a, "__name__", str(a))
 
 
-def api_entry(mod: str, name: str, obj: Any, defined: str | None) -> str:
+def api_entry(mod: str, name: str, obj: Any) -> str:
     """Markdown (with raw HTML tables) for one exported name: signature and the docments table."""
     from fastcore.docments import docments
     ident = f"api-{mod.split('.')[-1]}-{name}"
     out = [f"### `{name}` {{#{ident} .unnumbered .api-entry}}"]
-    link = f"[defined in {defined[0]}]({defined[1]})" if defined else ""
     if callable(obj):
         try:
             sig = str(inspect.signature(obj))
@@ -360,42 +361,60 @@ def api_entry(mod: str, name: str, obj: Any, defined: str | None) -> str:
                            f"<th>Details</th></tr></thead><tbody>{tr}</tbody></table>"))
     else:
         out.append(raw(f'<div class="api-sig">{highlight(f"{name}: {type(obj).__name__}", LEXER, CODE)}</div>'))
-    if link:
-        out.append(f"[{link}]{{.api-defined}}")
     return "\n\n".join(out)
 
 
 def module_all(path: Path) -> list[str]:
-    """`__all__` of a module file, read without importing it."""
+    """`__all__` of a module file, read without importing it ([] when it is not a literal list, e.g. a
+    package `__init__` that re-exports the modules' names)."""
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
-            return [ast.literal_eval(e) for e in node.value.elts]
+            try:
+                return list(ast.literal_eval(node.value))
+            except ValueError:
+                return []
     return []
 
 
-def api_page(lib: Path, pages: list[Page]) -> tuple[str, dict[str, str]]:
-    """Markdown of the API reference page and {qualified name: anchor id}."""
+def api_entries(lib: Path, cache: Path) -> dict[str, list[list[str]]]:
+    """{module: [[name, entry markdown], ...]} for every module with an `__all__`. Importing the library (torch)
+    is the slow part of a render, so the entries are cached in `cache`, keyed by a hash of the sources."""
+    import hashlib
+    files = sorted(p for p in lib.rglob("*.py") if p.name != "_modidx.py")  # nbdev rewrites _modidx on every export
+    key = hashlib.sha256(b"".join(str(p.relative_to(lib)).encode() + p.read_bytes() for p in files)).hexdigest()
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+        if data.get("key") == key:
+            return data["modules"]
     sys.path.insert(0, str(lib.parent))
-    mods = []
-    for path in sorted(lib.rglob("*.py")):
+    mods: dict[str, list[list[str]]] = {}
+    for path in files:
         names = module_all(path)
         if names:
-            mods.append((".".join(path.relative_to(lib.parent).with_suffix("").parts), path, names))
+            mod = ".".join(path.relative_to(lib.parent).with_suffix("").parts)
+            m = importlib.import_module(mod)
+            mods[mod] = [[n, api_entry(mod, n, getattr(m, n, None))] for n in names]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"key": key, "modules": mods}))
+    return mods
+
+
+def api_page(modules: dict[str, list[list[str]]], pages: list[Page]) -> tuple[str, dict[str, str]]:
+    """Markdown of the API reference page and {qualified name: anchor id}."""
     where = {}
     for p in pages:
         for n, anchor in p.defines.items():
             where.setdefault((p.module, n), (p, anchor))
             where.setdefault((None, n), (p, anchor))
     index, body, ids = [], [], {}
-    for mod, path, names in mods:
+    for mod, entries in modules.items():
         short = mod.split(".", 1)[-1]
-        m = importlib.import_module(mod)
         body.append(f"## `{mod}` {{#api-{short.replace('.', '-')} .unnumbered}}")
-        for name in names:
+        for name, entry in entries:
             hit = where.get((short, name)) or where.get((short.split(".")[-1], name)) or where.get((None, name))
             defined = (f"{hit[0].number or ''} {hit[0].title_text or hit[0].stem}".strip(),
                        f"{hit[0].out_name}#{hit[1]}") if hit else None
-            body.append(api_entry(mod, name, getattr(m, name, None), defined))
+            body.append(entry + (f"\n\n[[defined in {defined[0]}]({defined[1]})]{{.api-defined}}" if defined else ""))
             ident = f"api-{mod.split('.')[-1]}-{name}"
             ids[f"{mod}.{name}"] = ident
             index.append((name, mod, ident, defined))
@@ -462,6 +481,18 @@ def write_site_libs(out: Path, katex_dir: Path | None, search_dir: Path | None) 
         shutil.copytree(search_dir, libs / "minisearch", ignore=shutil.ignore_patterns("VENDOR_STAMP"))
 
 
+def prepare(pg: Page, path: Path, out: Path, first: bool) -> Page:
+    """Convert one chapter to markdown (writing its figures) and copy its notebook for download."""
+    nb = nbformat.read(str(path), as_version=4) if path.suffix == ".ipynb" else None
+    pg.markdown = Converter(pg, out).notebook(nb) if nb is not None else path.read_text()
+    m = re.match(r"^(\d+)[_-]", pg.stem)
+    pg.number = str(int(m.group(1))) if (m and not first) else None
+    if nb is not None:
+        shutil.copyfile(path, out / f"{pg.stem}.ipynb")
+        pg.notebook = f"{pg.stem}.ipynb"
+    return pg
+
+
 def build(config: Path, src: Path, out: Path, katex_dir: Path | None, search_dir: Path | None = None,
           bibliography: Path | None = None, api: bool = True, log=print) -> dict:
     """Render the whole book; returns the manifest written to `<out>/book.json`."""
@@ -477,29 +508,27 @@ def build(config: Path, src: Path, out: Path, katex_dir: Path | None, search_dir
     clean_out(out, config_dir)
     write_site_libs(out, katex_dir, search_dir)
 
-    for i, (pg, path) in enumerate(zip(pages, paths)):
-        nb = nbformat.read(str(path), as_version=4) if path.suffix == ".ipynb" else None
-        pg.markdown = Converter(pg, out).notebook(nb) if nb is not None else path.read_text()
-        m = re.match(r"^(\d+)[_-]", pg.stem)
-        pg.number = str(int(m.group(1))) if (m and i > 0) else None
-        if nb is not None:
-            shutil.copyfile(path, out / f"{pg.stem}.ipynb")
-            pg.notebook = f"{pg.stem}.ipynb"
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as procs:  # pygments is the slow part: use the cores
+        pages = list(procs.map(prepare, pages, paths, [out] * len(pages), [i == 0 for i in range(len(pages))]))
     lib = config_dir / "diffusion_book"
-    api_ids: dict[str, str] = {}
-    if api and lib.is_dir():
-        for pg in pages:  # titles for the "defined in" links
-            t = re.search(r"^# (.+?)(\s*\{.*\})?\s*$", pg.markdown, re.M)
-            pg.title_text = t.group(1) if t else pg.stem
-        md, api_ids = api_page(lib, pages)
-        pages.append(Page("", "api", "api.html", markdown=md))
-    if bib.is_file():
-        pages.append(Page("", "bibliography", "bibliography.html",
-                          markdown="---\nnocite: |\n  @*\n---\n\n# Bibliography {.unnumbered}\n\n"
-                                   "> Every work in `nbs/references.bib`.\n\n::: {#refs}\n:::\n"))
-
+    cache = config_dir / "_build" / "api-cache.json"
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        docs = list(pool.map(lambda pg: json.loads(run_pandoc(["-f", READER, "-t", "json"], pg.markdown)[0]), pages))
+        # importing the library for its signatures (torch: seconds) overlaps with pandoc reading the chapters
+        entries = pool.submit(api_entries, lib, cache) if api and lib.is_dir() else None
+        to_json = lambda pg: json.loads(run_pandoc(["-f", READER, "-t", "json"], pg.markdown)[0])  # noqa: E731
+        docs = list(pool.map(to_json, pages))
+        api_ids: dict[str, str] = {}
+        if entries is not None:
+            for pg in pages:  # titles for the "defined in" links
+                t = re.search(r"^# (.+?)(\s*\{.*\})?\s*$", pg.markdown, re.M)
+                pg.title_text = t.group(1) if t else pg.stem
+            md, api_ids = api_page(entries.result(), pages)
+            pages.append(Page("", "api", "api.html", markdown=md))
+        if bib.is_file():
+            pages.append(Page("", "bibliography", "bibliography.html",
+                              markdown="---\nnocite: |\n  @*\n---\n\n# Bibliography {.unnumbered}\n\n"
+                                       "> Every work in `nbs/references.bib`.\n\n::: {#refs}\n:::\n"))
+        docs += list(pool.map(to_json, pages[len(docs):]))
     labels: dict = {}
     titles = []
     for pg, doc in zip(pages, docs):

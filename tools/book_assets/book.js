@@ -41,6 +41,14 @@
     if (tocBox) tocBox.removeAttribute("open");
   }
 
+  // `?at=id` shows the page from that element on (for screenshots of a section)
+  var at = (location.search.match(/[?&]at=([\w:.-]+)/) || [])[1];
+  if (at) window.addEventListener("load", function () {
+    // headless screenshots capture the top of the document only, so pull the content up instead of scrolling
+    var el = document.getElementById(at), main = document.getElementById("content");
+    if (el && main) main.style.marginTop = -(el.getBoundingClientRect().top - main.getBoundingClientRect().top - 16) + "px";
+  });
+
   // ---- search ------------------------------------------------------------------------------------
   var mini = null, loading = [];
   function loadScript(src, done) {
