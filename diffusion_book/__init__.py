@@ -11,7 +11,10 @@ __version__ = "0.1.0"
 
 def _public_names() -> dict:
     "{name: module} for every public function and class the notebooks export (from nbdev's index, no imports)."
-    from ._modidx import d
+    try:
+        from ._modidx import d
+    except ImportError:  # mid-export (nbdev rewrites the index): no lazy names, everything else works
+        return {}
     names = {}
     for mod, syms in d["syms"].items():
         for full in syms:
