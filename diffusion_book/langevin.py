@@ -87,11 +87,11 @@ def ve_noised_mixture(gm: GaussianMixture,  # the clean mixture p
     return GaussianMixture(gm.means, (gm.stds**2 + sigma**2).sqrt(), gm.weights)
 
 # %% ../nbs/09_langevin.ipynb #09ef96d3
-def geometric_sigmas(sigma_max: float,  # σ_1, the largest noise level
-                     sigma_min: float,  # σ_L, the smallest, 0 < σ_L < σ_1
+def geometric_sigmas(sigma_max: float,  # σ_L = σ_max, the largest noise level
+                     sigma_min: float,  # σ_1 = σ_min, the smallest, 0 < σ_min < σ_max
                      n_levels: int,  # L ≥ 2
                      ) -> torch.Tensor:
-    "σ_1 > … > σ_L in geometric progression, float64 `(L,)` (Song & Ermon 2019, §5)."
+    "The geometric ladder in walking order σ_L = σ_max > … > σ_1 = σ_min, float64 `(L,)` (Song & Ermon 2019, §5)."
     hi, lo, n = _number(sigma_max, "sigma_max"), _number(sigma_min, "sigma_min"), _count(n_levels, "n_levels")
     if not hi > lo:
         raise ValueError(f"need sigma_max > sigma_min, got {hi} and {lo}.")
@@ -108,18 +108,18 @@ def check_sigmas(sigmas) -> torch.Tensor:
     if not torch.isfinite(s).all() or (s <= 0).any():
         raise ValueError(f"sigmas must be finite and positive, got {s.tolist()}.")
     if (s[1:] >= s[:-1]).any():
-        raise ValueError(f"sigmas must be strictly decreasing (σ_1 > … > σ_L), got {s.tolist()}.")
+        raise ValueError(f"sigmas must be strictly decreasing (walking order σ_max > … > σ_min), got {s.tolist()}.")
     return s
 
 # %% ../nbs/09_langevin.ipynb #dbfb14d7
 @torch.no_grad()
 def annealed_langevin(score_fn: Callable,  # score_fn(x (B, …), sigma_index (B,) int64) -> s(x, σ_i) (B, …)
-                      x_init: torch.Tensor,  # (B, …) start, e.g. σ_1·z or uniform noise; sets device and dtype
-                      sigmas,  # (L,) ladder σ_1 > … > σ_L that score_fn's indices refer to (an NCSN's `.sigmas`)
+                      x_init: torch.Tensor,  # (B, …) start, e.g. σ_max·z or uniform noise; sets device and dtype
+                      sigmas,  # (L,) ladder in walking order σ_max > … > σ_min; score_fn's indices refer to it (an NCSN's `.sigmas`)
                       *,
-                      steps_per_level: int,  # T Langevin steps at each level
-                      eps: float,  # ε: the step at level i is α_i = ε σ_i² / σ_L²
-                      denoise: bool = True,  # finish with x + σ_L² s(x, σ_L) (Tweedie)
+                      steps_per_level: int,  # M Langevin steps at each level
+                      eps: float,  # δ_1 (Song & Ermon's ε): the step at level σ_i is δ_i = δ_1 σ_i² / σ_min²
+                      denoise: bool = True,  # finish with x + σ_min² s(x, σ_min) (Tweedie)
                       generator: torch.Generator | None = None,  # on x_init's device
                       callback: Callable | None = None,  # callback(k, i, x) after global step k, at level index i
                       progress: bool = False,
@@ -136,11 +136,11 @@ def annealed_langevin(score_fn: Callable,  # score_fn(x (B, …), sigma_index (B
     x, B, k = x_init, x_init.shape[0], 0
     bar = tqdm(total=len(sig) * T, disable=not progress, desc="annealed Langevin")
     for i, sigma in enumerate(sig):
-        alpha = eps * sigma**2 / sig[-1] ** 2
+        delta = eps * sigma**2 / sig[-1] ** 2  # δ_i
         idx = torch.full((B,), i, dtype=torch.long, device=x.device)
         for _ in range(T):
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            x = x + 0.5 * alpha * _check_score_out(score_fn(x, idx), x) + math.sqrt(alpha) * z
+            x = x + 0.5 * delta * _check_score_out(score_fn(x, idx), x) + math.sqrt(delta) * z
             k += 1
             bar.update()
             if callback is not None:
@@ -154,7 +154,7 @@ def annealed_langevin(score_fn: Callable,  # score_fn(x (B, …), sigma_index (B
 # %% ../nbs/09_langevin.ipynb #590dc033
 def ncsn_loss(score_net: Callable,  # score_net(x̃ (B, …), sigma_index (B,) int64) -> s_θ(x̃, σ_i) (B, …)
               x0: torch.Tensor,  # (B, …) clean data
-              sigmas,  # (L,) the ladder σ_1 > … > σ_L
+              sigmas,  # (L,) the ladder in walking order σ_max > … > σ_min
               *,
               generator: torch.Generator | None = None,  # on x0's device: draws levels and noise
               sigma_index: torch.Tensor | None = None,  # (B,) levels to use instead of uniform draws
@@ -178,10 +178,10 @@ def ncsn_loss(score_net: Callable,  # score_net(x̃ (B, …), sigma_index (B,) i
 
 # %% ../nbs/09_langevin.ipynb #4d6c03aa
 class NCSN(torch.nn.Module):
-    "s_θ(x, σ_i) = net(x, t_i)/σ_i, a noise-conditional score network (Song & Ermon 2019; 2020, technique 3)."
+    "s_θ(x, σ_i) = net(x, t_i)/σ_i: σ-conditional, with the 1/σ scaling of Song & Ermon 2020's technique 3 (theirs is unconditional)."
 
     def __init__(self, net: torch.nn.Module,  # net(x, t (B,) float) -> (B, …) same shape as x, e.g. a `UNet`
-                 sigmas,  # (L,) the ladder σ_1 > … > σ_L
+                 sigmas,  # (L,) the ladder in walking order σ_max > … > σ_min
                  ):
         super().__init__()
         self.net = net
@@ -192,7 +192,7 @@ class NCSN(torch.nn.Module):
         self.register_buffer("t_levels", 999 * (s.log() - s[-1].log()).div(s[0].log() - s[-1].log()).float())
 
     def forward(self, x: torch.Tensor,  # (B, …) noised data
-                sigma_index: torch.Tensor,  # (B,) int64 level indices, 0 = σ_1 (noisiest)
+                sigma_index: torch.Tensor,  # (B,) int64 indices into `sigmas`, 0 = σ_max (noisiest)
                 ) -> torch.Tensor:
         check_tensor(sigma_index, "sigma_index", shape=(x.shape[0],), floating=False)
         if (sigma_index < 0).any() or (sigma_index >= len(self.sigmas)).any():

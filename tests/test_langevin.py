@@ -229,3 +229,22 @@ def test_mode_weights():
     centers = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 5.0]], dtype=D64)
     x = torch.tensor([[-2.0, 0.1], [-0.5, 0.0], [0.7, -1.0], [0.0, 4.0]], dtype=D64)
     torch.testing.assert_close(mode_weights(x, centers), torch.tensor([0.5, 0.25, 0.25], dtype=D64))
+
+
+def test_time_contract_annealed_langevin_passes_level_indices_and_ncsn_passes_float_t():
+    "annealed_langevin calls score_fn(x, i) with i a (B,) int64 index into `sigmas` (0 = σ_max); an NCSN feeds its net (B,) float32 t."
+    sig = geometric_sigmas(5.0, 0.1, 4)
+    seen_idx, seen_t = [], []
+
+    class Net(torch.nn.Module):
+        def forward(self, x, t, cond=None):
+            seen_t.append(t)
+            return -x
+
+    ncsn = NCSN(Net(), sig)
+    score = lambda x, i: (seen_idx.append(i), ncsn(x, i))[1]
+    annealed_langevin(score, torch.zeros(3, 2), sig, steps_per_level=2, eps=1e-3, generator=torch.Generator().manual_seed(0))
+    assert [int(i[0]) for i in seen_idx] == [0, 0, 1, 1, 2, 2, 3, 3, 3]  # walked from σ_max; the last call denoises at σ_min
+    assert all(i.dtype == torch.long and i.shape == (3,) for i in seen_idx)
+    assert all(t.dtype == torch.float32 and t.shape == (3,) for t in seen_t)
+    assert seen_t[0][0] == pytest.approx(999) and seen_t[-1][0] == pytest.approx(0)  # t = 999 at σ_max, 0 at σ_min
