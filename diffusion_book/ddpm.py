@@ -455,7 +455,7 @@ def pretrained_ddpm(config: dict,  # data, schedule, T, unet (UNetConfig dict), 
                     verbose: bool = True,
                     ) -> tuple[DDPMBundle, dict]:
     "The DDPM trained per `config`, loaded from the cache when present (keyed by the config's hash), else trained."
-    from diffusion_book.metrics import load_or_train
+    from diffusion_book.utils import load_or_train
     bundle, record = load_or_train(_build_bundle, _train_bundle, config, "ddpm", retrain=retrain, verbose=verbose)
     bundle.requires_grad_(False)
     return bundle, record
@@ -717,7 +717,7 @@ DiffusionModel.fit = _fit
 def _save(self, path: str | Path,  # a .safetensors file; replaced atomically
           ) -> Path:
     "Write the network, the β's and the spec (JSON) in one safetensors file, atomically; returns the path."
-    from diffusion_book.metrics import _atomic_write
+    from diffusion_book.utils import _atomic_write
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"net.{k}": v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}

@@ -6,19 +6,28 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import os
 import random
 import re
+import tempfile
+import time
+import warnings
 from pathlib import Path
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+import torch.nn as nn
+from safetensors.torch import load_model, save_model
 
 # %% auto #0
 __all__ = ['DEVICE_TYPES', 'SCALES', 'get_device', 'check_int', 'make_generator', 'seed_everything', 'get_scale', 'by_scale',
-           'check_tensor', 'expect_error', 'check_image_range', 'cache_dir', 'to_image_grid', 'show_images',
-           'save_image_grid', 'scatter2d']
+           'check_tensor', 'expect_error', 'check_image_range', 'cache_dir', 'CacheError', 'config_hash', 'save_cached',
+           'load_cached', 'load_or_train', 'to_image_grid', 'show_images', 'save_image_grid', 'scatter2d']
 
 # %% ../nbs/00_utils.ipynb #283e8045
 DEVICE_TYPES = ("cpu", "cuda", "mps")
@@ -182,6 +191,149 @@ def cache_dir(*parts: str,  # sub-folders inside the cache
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+# %% ../nbs/00_utils.ipynb #3356343f
+class CacheError(RuntimeError):
+    "A cached model's files are missing, corrupt, or do not fit the model built from its config."
+
+
+def _canonical_json(config) -> str:
+    "The config as canonical JSON (sorted keys, no spaces); dataclasses are converted with `asdict`."
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict (or a dataclass instance), got {type(config).__name__}.")
+    try:
+        return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"config must be JSON-serialisable (numbers, strings, lists, dicts): {e}") from e
+
+
+def config_hash(config: dict,  # everything that determines the trained weights: architecture and training
+                ) -> str:
+    "The cache key of a trained model: SHA-256 (hex) of its config as canonical JSON."
+    return hashlib.sha256(_canonical_json(config).encode()).hexdigest()
+
+# %% ../nbs/00_utils.ipynb #09f3b50e
+def _sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cache_folder(folder) -> Path:
+    "A relative `folder` is a sub-folder of `cache_dir()`; an absolute one is used as it is."
+    p = Path(folder)
+    if p.is_absolute():
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+    return cache_dir(*p.parts)
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    "Call `write(tmp)` on a temporary file beside `path`, fsync it, then atomically rename it to `path`."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_cached(model: nn.Module,  # the trained model
+                config: dict,  # its config: the cache key
+                meta: dict | None = None,  # JSON-serialisable facts to keep with it (losses, accuracy, …)
+                folder="models",  # sub-folder of `cache_dir()`, or an absolute path
+                ) -> Path:
+    "Write `<key>.safetensors` then `<key>.json` atomically; returns the JSON path."
+    folder, key = _cache_folder(folder), config_hash(config)
+    record = {"key": key, "config": json.loads(_canonical_json(config)), "meta": meta or {},
+              "torch": torch.__version__, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        json.dumps(record, allow_nan=False)  # fail before writing anything
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"meta must be JSON-serialisable: {e}") from e
+    digest = []
+    _atomic_write(folder / f"{key}.safetensors",
+                  lambda tmp: (save_model(model, tmp), digest.append(_sha256_file(tmp))))
+    record["weights_sha256"] = digest[0]
+    text = json.dumps(record, indent=1, allow_nan=False)
+    _atomic_write(folder / f"{key}.json", lambda tmp: Path(tmp).write_text(text))
+    return folder / f"{key}.json"
+
+# %% ../nbs/00_utils.ipynb #11fa4127
+_FIX = "Delete the two files, or call load_or_train(..., retrain=True)."
+
+
+def load_cached(model: nn.Module,  # a freshly built model; its weights are overwritten in place
+                config: dict,  # the config it was built from
+                folder="models",  # sub-folder of `cache_dir()`, or an absolute path
+                ) -> dict | None:
+    "Load the cached weights for `config` into `model`; the stored record, or None if nothing is cached."
+    folder, key = _cache_folder(folder), config_hash(config)
+    wpath, jpath = folder / f"{key}.safetensors", folder / f"{key}.json"
+    if not jpath.exists():
+        return None
+    try:
+        record = json.loads(jpath.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CacheError(f"{jpath} is not valid JSON ({e}): the cache entry is corrupt. {_FIX}") from e
+    if not isinstance(record, dict) or record.get("key") != key or \
+            _canonical_json(record.get("config") or {}) != _canonical_json(config):
+        raise CacheError(f"{jpath} does not record the config whose hash names it. {_FIX}")
+    if not wpath.exists():
+        raise CacheError(f"{wpath} is missing although {jpath.name} records it. {_FIX}")
+    if _sha256_file(wpath) != record.get("weights_sha256"):
+        raise CacheError(f"{wpath} does not match the checksum in {jpath.name} (truncated or corrupt). {_FIX}")
+    try:
+        load_model(model, wpath, strict=True)
+    except Exception as e:  # names or shapes differ: the model's code changed under the same config
+        raise CacheError(f"{wpath} does not fit the model built from this config ({type(e).__name__}: "
+                         f"{str(e)[:300]}). If the model's code changed, bump a 'version' entry in the config. "
+                         f"{_FIX}") from e
+    return record
+
+# %% ../nbs/00_utils.ipynb #be2517ef
+def load_or_train(build: Callable[[dict], nn.Module],  # config -> an untrained model
+                  train: Callable[[nn.Module, dict], dict | None],  # (model, config) -> meta; trains in place
+                  config: dict,  # JSON-serialisable; its hash is the cache key
+                  folder="models",  # sub-folder of `cache_dir()`, or an absolute path
+                  *,
+                  retrain: bool = False,  # ignore (and overwrite) a cached entry
+                  on_corrupt: str = "retrain",  # "retrain" (warn and retrain) or "raise" a CacheError
+                  verbose: bool = True,  # print where the model came from
+                  ) -> tuple[nn.Module, dict]:
+    "The model for `config` from the cache if present and intact, else trained and cached: `(model, record)`."
+    if on_corrupt not in ("retrain", "raise"):
+        raise ValueError(f"on_corrupt must be 'retrain' or 'raise', got {on_corrupt!r}.")
+    key, model, record = config_hash(config), build(config), None
+    if not retrain:
+        try:
+            record = load_cached(model, config, folder)
+        except CacheError as e:
+            if on_corrupt == "raise":
+                raise
+            warnings.warn(f"{e} Retraining.", stacklevel=2)
+            model = build(config)  # a failed load may have left some weights overwritten
+    if record is None:
+        t0 = time.perf_counter()
+        meta = dict(train(model, config) or {})
+        meta.setdefault("train_seconds", round(time.perf_counter() - t0, 3))
+        record = json.loads(save_cached(model, config, meta, folder).read_text())
+        record["cached"] = False
+    else:
+        record["cached"] = True
+    if verbose:
+        how = "loaded from cache" if record["cached"] else f"trained in {record['meta']['train_seconds']:.1f} s"
+        print(f"{type(model).__name__} {key[:12]}…: {how} ({_cache_folder(folder)})")
+    return model.eval(), record
 
 # %% ../nbs/00_utils.ipynb #6efdac32
 def to_image_grid(x: torch.Tensor,  # (B, C, H, W) images, C in {1, 3}
