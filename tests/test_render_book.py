@@ -365,3 +365,11 @@ def test_browser_check_catches_problems(katex_book, tmp_path, capsys):
     assert "FAIL  index.html" in out and "raw $" in out and "KaTeX error" in out and "nope.png" in out
     assert "unresolved cross-reference" in out and "display equation scrolls sideways" in out
     assert "code block scrolls sideways" in out
+
+
+def test_callouts_get_a_title_bar():
+    doc = ast_of('::: {.callout-warning title="Careful"}\nText.\n:::\n\n::: {.callout-tip}\n## Tip $x$\nMore.\n:::\n')
+    book_filter.number_labels(doc, "3", "03.html", {})
+    kinds = [(b["c"][0][1], book_filter.stringify(b["c"][1][0])) for b in doc["blocks"]]
+    assert kinds == [(["callout", "callout-warning"], "Careful"), (["callout", "callout-tip"], "Tip x")]
+    assert "3.1" not in json.dumps(doc)  # the callout's heading took no section number

@@ -91,6 +91,14 @@ def stringify(x: Any) -> str:
     return re.sub(r"[ \t]+", " ", "".join(parts)).strip()
 
 
+def _callout(classes: list[str]) -> str | None:
+    """The kind of a Quarto callout div (`::: {.callout-note}`) not yet converted, else None."""
+    if "callout" in classes:
+        return None
+    return next((m.group(1) for m in map(re.compile(r"^callout-(note|tip|warning|caution|important)$").match, classes)
+                 if m), None)
+
+
 def _tagged(math: dict, number: str) -> dict:
     tex = math["c"][1].rstrip()
     return _el("Math", [math["c"][0], f"{tex}\n\\tag{{{number}}}"])
@@ -149,6 +157,15 @@ def number_labels(doc: dict, chapter: str | None, page: str, labels: Labels,
             (ident, cls, kv), (short, cap), body = c
             if ident.startswith("fig-"):
                 return _el("Figure", [[ident, cls, kv], [short, figure(ident, cap)], body])
+        if t == "Div" and _callout(c[0][1]):
+            (ident, cls, kv), body = c  # Quarto callout: a title bar from title="…" or a leading heading
+            kind = _callout(cls)
+            title = [Str(dict(kv).get("title", ""))] if dict(kv).get("title") else []
+            if not title and body and body[0]["t"] == "Header":
+                title, body = body[0]["c"][2], body[1:]
+            head = _el("Div", [["", ["callout-title"], []], [_el("Plain", title or [Str(kind.capitalize())])]])
+            return _el("Div", [[ident, ["callout", f"callout-{kind}"], []],
+                               [head, _el("Div", [["", ["callout-body"], []], body])]])
         if t == "Div":
             (ident, cls, kv), body = c
             if ident.startswith("fig-") or "figure" in cls:
@@ -179,6 +196,8 @@ def number_labels(doc: dict, chapter: str | None, page: str, labels: Labels,
     def blocks(bs: list) -> list:
         out = []
         for b in bs:
+            if b.get("t") == "Div" and _callout(b["c"][0][1]):
+                b = block(b) or b  # a callout's heading is its title, not a numbered section
             if b.get("t") in ("Div", "BlockQuote"):
                 b = {"t": b["t"], "c": [b["c"][0], blocks(b["c"][1])] if b["t"] == "Div" else blocks(b["c"])}
             r = block(b)
