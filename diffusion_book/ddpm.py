@@ -19,9 +19,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, safe_open
 from tqdm import tqdm
 
-from .elbo import posterior_variance, q_posterior_mean_var
+from .elbo import posterior_mean_coefs, posterior_variance
 from .models.unet import timestep_embedding
-from .parameterization import eps_to_posterior_mean, eps_to_x0, l_simple, v_to_eps, x0_to_eps
+from .parameterization import eps_to_posterior_mean, l_simple, v_to_eps, x0_to_eps
 from .schedules import NoiseSchedule, network_time
 from .utils import check_image_range, check_int, check_tensor
 
@@ -364,19 +364,20 @@ def ddpm_sample(eps_model,  # eps_model(x_t, t) -> ε̂; t is a (B,) float tenso
     if variance not in ("small", "large"):
         raise ValueError(f"variance must be 'small' or 'large', got {variance!r}.")
     var = posterior_variance(schedule) if variance == "small" else schedule.betas  # (T,) float64
-    sigmas = var.sqrt().tolist()  # host floats, read once: no device sync inside the loop
+    # every per-step coefficient read once as a Python float: no host-device sync inside the loop
+    sigmas = var.sqrt().tolist()
+    sqrt_ab, sqrt_1mab = schedule.alpha_bars.sqrt().tolist(), (1 - schedule.alpha_bars).sqrt().tolist()
+    c_x0, c_xt = (c.tolist() for c in posterior_mean_coefs(schedule))  # μ̃ = c_x0·x̂_0 + c_xt·x_t (Eq. 7)
     x = x_T
     for i in tqdm(range(schedule.T - 1, -1, -1), disable=not progress, desc="DDPM sampling"):
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
         eps = eps_model(x, network_time(t, x))  # (B,) float: the network-time contract
         if eps.shape != x.shape:  # shapes are host metadata: checking them costs no sync
             raise ValueError(f"eps_model returned shape {tuple(eps.shape)} for x of shape {tuple(x.shape)}.")
-        x0_hat = eps_to_x0(x, eps, schedule.extract("alpha_bars", t, x))
+        x0_hat = (x - sqrt_1mab[i] * eps) / sqrt_ab[i]  # chapter 04: x̂_0 from ε̂
         if clip_x0 is not None:
             x0_hat = x0_hat.clamp(*clip_x0)
-            mean = q_posterior_mean_var(schedule, x0_hat, x, t)[0]
-        else:
-            mean = eps_to_posterior_mean(schedule, x, t, eps)
+        mean = c_x0[i] * x0_hat + c_xt[i] * x  # chapter 03's posterior mean at x̂_0 = μ_θ(x_t, t) of Eq. 11
         if i > 0:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = mean + sigmas[i] * noise

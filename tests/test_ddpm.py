@@ -142,3 +142,25 @@ def test_ddpm_sample_passes_float_integer_valued_t():
     ddpm_sample(record, SCHED, torch.randn(3, 2, dtype=torch.float64))
     assert {d for d, _, _ in seen[:50]} == {torch.float32} and {d for d, _, _ in seen[50:]} == {torch.float64}
     assert all(shape == (3,) and integral for _, shape, integral in seen)
+
+
+def test_ddpm_sample_matches_chapter_04_posterior_mean_and_has_no_per_step_sync():
+    "The inline coefficients equal chapter 04's ε → μ conversion step by step (float64), and the loop never syncs."
+    from diffusion_book.parameterization import eps_to_posterior_mean
+    from diffusion_book.elbo import posterior_variance
+    from diffusion_book.train import SyncCounter
+    eps = lambda x, t: torch.sin(x + t[:, None] / 7)  # any smooth function of (x, t)
+    x_T = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ours = ddpm_sample(eps, SCHED, x_T, generator=torch.Generator().manual_seed(1))
+    g, x, var = torch.Generator().manual_seed(1), x_T, posterior_variance(SCHED)
+    for i in range(SCHED.T - 1, -1, -1):
+        t = torch.full((5,), i)
+        mean = eps_to_posterior_mean(SCHED, x, t, eps(x, t.double()))
+        x = mean + (var[i].sqrt() * torch.randn(x.shape, generator=g, dtype=x.dtype) if i else 0)
+    torch.testing.assert_close(ours, x, atol=1e-12, rtol=0)
+    counts = []
+    for T in (20, 40):
+        with SyncCounter() as c:
+            ddpm_sample(eps, linear_beta_schedule(T), x_T)
+        counts.append(c.count)
+    assert counts[0] == counts[1], counts
