@@ -341,9 +341,11 @@ def test_local_katex_is_linked_relatively(katex_book):
 @needs_chromium
 def test_browser_check_passes_and_screenshots(katex_book, tmp_path, capsys):
     shot = tmp_path / "shot.png"
-    rc = check_book.main([str(katex_book), "--screenshot", str(shot), "--screenshot-page", "02_forward_process.html"])
+    rc = check_book.main([str(katex_book), "--narrow-pages", "1", "--screenshot", str(shot),
+                          "--screenshot-page", "02_forward_process.html"])
     out = capsys.readouterr().out
     assert rc == 0, out
+    assert "narrow window: 420 px, 1 pages: PASS" in out and "search: PASS" in out
     assert re.search(r"PASS\s+02_forward_process.html\s+math=(\d+)", out)
     assert int(re.search(r"02_forward_process.html\s+math=(\d+)", out).group(1)) >= 4
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
