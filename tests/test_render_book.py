@@ -375,3 +375,27 @@ def test_callouts_get_a_title_bar():
     kinds = [(b["c"][0][1], book_filter.stringify(b["c"][1][0])) for b in doc["blocks"]]
     assert kinds == [(["callout", "callout-warning"], "Careful"), (["callout", "callout-tip"], "Tip x")]
     assert "3.1" not in json.dumps(doc)  # the callout's heading took no section number
+
+
+def test_api_reference_page(tmp_path):
+    """Every `__all__` name gets a signature and a docments table, linked to the cell that defines it."""
+    make_book(tmp_path)
+    lib = tmp_path / "tinybooklib"
+    lib.mkdir()
+    (lib / "__init__.py").write_text("")
+    (lib / "forward.py").write_text(
+        "__all__ = ['alpha_bar', 'SCALE']\nSCALE = 2\n\n"
+        "def alpha_bar(betas,  # the variances beta_t\n              eps: float = 1e-3,  # floor\n"
+        "              ) -> float:\n    \"Cumulative product of 1 - beta (Ho et al. 2020, Eq. 4).\"\n    return 1.0\n")
+    cache = tmp_path / "_build" / "api-cache.json"
+    assert render(tmp_path, "--no-katex", "--lib", str(lib)) == 0
+    api = main_of(page(tmp_path / "_book", "api.html"))
+    assert 'id="api-forward-alpha_bar"' in api and 'id="api-forward-SCALE"' in api
+    assert "the variances beta_t" in api and "<code>0.001</code>" in api and "Cumulative product" in api
+    assert 'href="02_forward_process.html#def-alpha_bar"' in api      # defined in chapter 2's export cell
+    assert 'href="#api-forward-alpha_bar"' in api                      # the index of exported names
+    assert cache.is_file()
+    manifest = json.loads((tmp_path / "_book" / "book.json").read_text())
+    assert check_book.check_api(tmp_path / "_book", manifest, lib) == ([], 2)
+    (lib / "forward.py").write_text((lib / "forward.py").read_text().replace("'SCALE']", "'SCALE', 'gamma']"))
+    assert check_book.check_api(tmp_path / "_book", manifest, lib)[0] == ["API entry missing for tinybooklib/forward.py: gamma"]

@@ -494,7 +494,7 @@ def prepare(pg: Page, path: Path, out: Path, first: bool) -> Page:
 
 
 def build(config: Path, src: Path, out: Path, katex_dir: Path | None, search_dir: Path | None = None,
-          bibliography: Path | None = None, api: bool = True, log=print) -> dict:
+          bibliography: Path | None = None, api: bool = True, lib: Path | None = None, log=print) -> dict:
     """Render the whole book; returns the manifest written to `<out>/book.json`."""
     t0 = time.perf_counter()
     cfg = load_config(config)
@@ -510,7 +510,7 @@ def build(config: Path, src: Path, out: Path, katex_dir: Path | None, search_dir
 
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as procs:  # pygments is the slow part: use the cores
         pages = list(procs.map(prepare, pages, paths, [out] * len(pages), [i == 0 for i in range(len(pages))]))
-    lib = config_dir / "diffusion_book"
+    lib = lib or config_dir / "diffusion_book"
     cache = config_dir / "_build" / "api-cache.json"
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         # importing the library for its signatures (torch: seconds) overlaps with pandoc reading the chapters
@@ -613,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vendor", type=Path, default=None, help="vendored KaTeX/MiniSearch (default _build/vendor)")
     ap.add_argument("--no-katex", action="store_true", help="render without KaTeX (math stays as TeX source)")
     ap.add_argument("--no-api", action="store_true", help="skip the API reference page")
+    ap.add_argument("--lib", type=Path, default=None, help="package documented on the API page "
+                    "(default: diffusion_book next to the config)")
     args = ap.parse_args(argv)
     vendor = (args.vendor or args.config.resolve().parent / "_build" / "vendor").resolve()
     katex_dir, search_dir = vendor / "katex", vendor / "minisearch"
@@ -626,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"render_book: note: no MiniSearch in {search_dir} (python tools/vendor_katex.py); no search box")
         search_dir = None
     try:
-        build(args.config, args.src, args.out, katex_dir, search_dir, api=not args.no_api)
+        build(args.config, args.src, args.out, katex_dir, search_dir, api=not args.no_api, lib=args.lib)
     except BookError as e:
         print(f"render_book: error: {e}", file=sys.stderr)
         return 1
