@@ -358,13 +358,13 @@ def evaluate_samples(samples: torch.Tensor,  # (N, C, H, W) generated images in 
                      ) -> dict:
     "Quality, diversity and memorization of samples: FD, precision/recall, class entropy, NN ratios (this chapter)."
     check_tensor(samples, "samples", ndim=4, floating=True, finite=True)
-    check_image_range(samples, "samples", value_range, tol=0.05)  # a wrong range gives a meaningless FD, not an error
     for name, x in (("reference", reference), ("train", train)):
         if x is not None:
             check_tensor(x, name, ndim=4, floating=True, finite=True)
-            check_image_range(x, name, value_range)
             if x.shape[1:] != samples.shape[1:]:
                 raise ValueError(f"samples are {tuple(samples.shape[1:])} images, {name} {tuple(x.shape[1:])}.")
+            check_image_range(x, name, value_range)
+    check_image_range(samples, "samples", value_range, tol=0.05)  # a wrong range gives a meaningless FD, not an error
     if len(samples) <= k:
         raise ValueError(f"need more than k={k} samples, got {len(samples)}.")
     f_s, p_s = embed(evaluator, samples)
