@@ -103,21 +103,27 @@ def _noise_for(x: torch.Tensor, noise: torch.Tensor | None, generator: torch.Gen
 
 def _q_mean_var(self, x0: torch.Tensor,  # (B, …) clean data
                 t: torch.Tensor,  # (B,) step indices
+                *,
+                check: bool = True,  # validate t's values (a host sync); False for t validated or drawn by the caller
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     "Mean √ᾱ_t x_0 `(B, …)` and variance 1 − ᾱ_t `(B, 1, …)` of q(x_t | x_0) (Ho et al. 2020, Eq. 4)."
     check_tensor(x0, "x0", min_ndim=1, floating=True)
-    return self.extract("sqrt_alpha_bars", t, x0) * x0, self.extract("sqrt_one_minus_alpha_bars", t, x0) ** 2
+    return (self.extract("sqrt_alpha_bars", t, x0, check=check) * x0,
+            self.extract("sqrt_one_minus_alpha_bars", t, x0, check=check) ** 2)
 
 
 def _q_sample(self, x0: torch.Tensor,  # (B, …) clean data
               t: torch.Tensor,  # (B,) step indices
               noise: torch.Tensor | None = None,  # (B, …) the ε to use; drawn with `generator` if None
               generator: torch.Generator | None = None,
+              *,
+              check: bool = True,  # validate t's values (a host sync); False for t validated or drawn by the caller
               ) -> torch.Tensor:
     "A draw x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε from q(x_t | x_0) (Ho et al. 2020, Eq. 4)."
     check_tensor(x0, "x0", min_ndim=1, floating=True)
     noise = _noise_for(x0, noise, generator)
-    return self.extract("sqrt_alpha_bars", t, x0) * x0 + self.extract("sqrt_one_minus_alpha_bars", t, x0) * noise
+    a = self.extract("sqrt_alpha_bars", t, x0, check=check)  # (B, 1, …)
+    return a * x0 + self.extract("sqrt_one_minus_alpha_bars", t, x0, check=check) * noise
 
 
 def _q_step_sample(self, x_prev: torch.Tensor,  # (B, …) the state before step t

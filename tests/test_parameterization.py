@@ -375,3 +375,21 @@ def test_ideal_denoiser_accepts_the_network_time(lin):
     t = torch.tensor([1, 10, 100, 999])
     torch.testing.assert_close(ideal(x_t, t.double()), ideal(x_t, t), atol=0, rtol=0)
     torch.testing.assert_close(ideal(x_t, t.float()), ideal(x_t, t), atol=0, rtol=0)
+
+
+def test_l_simple_training_step_syncs_only_for_the_data_check(lin):
+    # with t and ε drawn inside, l_simple validates neither (valid by construction): one host sync, x0's finite check
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    x0 = torch.randn(8, 2)
+    l_simple(lambda x, t: 0.5 * x, lin, x0, generator=gen(0))
+    with Count():
+        l_simple(lambda x, t: 0.5 * x, lin, x0, generator=gen(0))
+    assert Count.n <= 1, Count.n
