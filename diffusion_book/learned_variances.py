@@ -89,7 +89,7 @@ def _reverse_from_output(out, schedule, x_t, t, variance, clip_x0):
     return mean, log_var, x0_hat
 
 
-def learned_reverse_mean_var(model: Callable,  # model(x_t, t float (B,)) -> (B, 2C, …), or ε̂ for fixed variances
+def learned_reverse_mean_var(model: Callable,  # model(x_t, t (B,) float: float64 for float64 x_t) -> (B, 2C, …), or ε̂
                              schedule: NoiseSchedule,
                              x_t: torch.Tensor,  # (B, C, …) noised data at step t of `schedule`
                              t: torch.Tensor,  # (B,) step indices into `schedule`
@@ -102,7 +102,8 @@ def learned_reverse_mean_var(model: Callable,  # model(x_t, t float (B,)) -> (B,
     check_tensor(x_t, "x_t", min_ndim=2, floating=True, finite=True)
     t = schedule._check_t(t, x_t.shape[0]).to(x_t.device).expand(x_t.shape[0])  # (B,)
     t_model = t if timestep_map is None else timestep_map.to(x_t.device)[t]
-    mean, log_var, _ = _reverse_from_output(model(x_t, t_model.float()), schedule, x_t, t, variance, clip_x0)
+    t_model = t_model.to(torch.float64 if x_t.dtype == torch.float64 else torch.float32)  # (B,) the time contract
+    mean, log_var, _ = _reverse_from_output(model(x_t, t_model), schedule, x_t, t, variance, clip_x0)
     return mean, log_var
 
 # %% ../nbs/11_learned_variances.ipynb #3fe1e63f
@@ -133,7 +134,7 @@ def hybrid_loss(model: Callable,  # model(x_t, t float (B,)) -> (B, 2C, …): ε
                 schedule: NoiseSchedule,
                 x0: torch.Tensor,  # (B, C, …) clean data
                 *,
-                lambda_vlb: float = 1e-3,  # λ of Eq. 16
+                lambda_vlb: float = 1e-3,  # κ of Eq. 16 (the paper's λ)
                 generator: torch.Generator | None = None,  # draws t and ε (on x0's device)
                 t: torch.Tensor | None = None,  # (B,) step indices instead of uniform draws
                 noise: torch.Tensor | None = None,  # (B, C, …) ε instead of draws
@@ -141,7 +142,7 @@ def hybrid_loss(model: Callable,  # model(x_t, t float (B,)) -> (B, 2C, …): ε
                 num_levels: int = 256,  # levels of the data (17 for the digits)
                 reduction: str = "mean",  # "mean": scalars; "none": one value per example (B,)
                 ) -> tuple[torch.Tensor, dict]:
-    "L_simple + λ·T·L_t (bits/dim) with the mean detached in the L_vlb part: `(total, {simple, vlb})` (Nichol & Dhariwal 2021, Eq. 16)."
+    "L_simple + κ·T·L_t (bits/dim) with the mean detached in the L_vlb part: `(total, {simple, vlb})` (Nichol & Dhariwal 2021, Eq. 16)."
     check_tensor(x0, "x0", min_ndim=2, floating=True, finite=True)
     if reduction not in ("mean", "none") or not lambda_vlb >= 0:
         raise ValueError(f"need reduction in ('mean', 'none') and lambda_vlb >= 0, got {reduction!r}, {lambda_vlb}.")
@@ -179,7 +180,7 @@ def train_hybrid(state: TrainState,  # model (2C outputs), optimizer, EMA, gener
                  data: torch.Tensor,  # (N, C, …) training set
                  config: TrainConfig,
                  *,
-                 lambda_vlb: float = 1e-3,  # λ of L_hybrid
+                 lambda_vlb: float = 1e-3,  # κ of L_hybrid (the paper's λ)
                  decoder: str = "discretized",  # L_0's decoder: "discretized" or "gaussian"
                  num_levels: int = 256,  # levels of the data (17 for the digits)
                  until: int | None = None,  # stop at this step instead of `config.steps`
@@ -193,7 +194,7 @@ def train_hybrid(state: TrainState,  # model (2C outputs), optimizer, EMA, gener
 def even_timesteps(T: int,  # steps of the trained model
                    steps: int,  # K, how many to keep: 1 ≤ K ≤ T
                    ) -> torch.Tensor:
-    "K step indices spaced evenly from 0 to T−1, rounded (Nichol & Dhariwal 2021 code, `space_timesteps`); K = 1 keeps T−1: `(K,)`."
+    "K step indices spaced evenly from 0 to T−1, rounded, as `space_timesteps(T, [K])` of Nichol & Dhariwal's code for K ≥ 2; K = 1 keeps T−1 (theirs: 0): `(K,)`."
     if isinstance(steps, bool) or int(steps) != steps or not 1 <= steps <= T:
         raise ValueError(f"steps must be an integer in [1, T={T}], got {steps!r}.")
     if steps == 1:
@@ -218,7 +219,7 @@ def respace_schedule(schedule: NoiseSchedule,
 
 # %% ../nbs/11_learned_variances.ipynb #b7288f08
 @torch.no_grad()
-def sample_learned_variance(model: Callable,  # model(x_t, t float (B,)) -> (B, 2C, …) (learned) or ε̂ (fixed)
+def sample_learned_variance(model: Callable,  # model(x_t, t (B,) float, integer-valued; float64 for float64 x) -> (B, 2C, …) or ε̂
                             schedule: NoiseSchedule,  # the schedule the model was trained with
                             x_T: torch.Tensor,  # (B, C, …) initial noise ~ N(0, I); sets device and dtype
                             *,
@@ -232,16 +233,18 @@ def sample_learned_variance(model: Callable,  # model(x_t, t float (B,)) -> (B, 
     "Ancestral sampling on a respaced schedule with learned or fixed variances; the last step returns the mean (Nichol & Dhariwal 2021, §4)."
     check_tensor(x_T, "x_T", min_ndim=2, floating=True, finite=True)
     sub, tmap = respace_schedule(schedule, even_timesteps(schedule.T, schedule.T if steps is None else steps))
-    tmap, x = tmap.to(x_T.device), x_T
+    t_dtype = torch.float64 if x_T.dtype == torch.float64 else torch.float32  # the network-time contract
+    steps_model, x = tmap.tolist(), x_T  # the model's step for each respaced step, on the host (no per-step sync)
     for k in tqdm(range(sub.T - 1, -1, -1), disable=not progress, desc=f"sampling ({sub.T} steps)"):
-        t = torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)
-        mean, log_var, x0_hat = _reverse_from_output(model(x, tmap[t].float()), sub, x, t, variance, clip_x0)
+        t = torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)  # (B,) index into the respaced schedule
+        t_model = torch.full((x.shape[0],), float(steps_model[k]), dtype=t_dtype, device=x.device)  # (B,)
+        mean, log_var, x0_hat = _reverse_from_output(model(x, t_model), sub, x, t, variance, clip_x0)
         if k > 0:
             x = mean + (0.5 * log_var).exp() * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         else:
             x = mean
         if callback is not None:
-            callback(k, tmap[k].item(), x, x0_hat)
+            callback(k, steps_model[k], x, x0_hat)
     return x
 
 # %% ../nbs/11_learned_variances.ipynb #11e486e1

@@ -238,3 +238,22 @@ def test_config_is_chapter_07s_with_two_output_channels():
     assert {k: v for k, v in c["unet"].items() if k != "out_channels"} == \
            {k: v for k, v in base["unet"].items() if k != "out_channels"}
     assert c["num_levels"] == 17 and c["lambda_vlb"] == 1e-3 and c["schedule"] == base["schedule"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_time_contract_model_gets_a_floating_B_vector_of_integer_steps(dtype):
+    "sample_learned_variance and learned_reverse_mean_var call model(x, t) with t (B,) float (float64 iff x is), integer-valued."
+    sched, seen = linear_beta_schedule(50, 2e-3, 0.3), []
+
+    def model(x, t):
+        seen.append(t)
+        return torch.cat([0.1 * x, torch.zeros_like(x)], 1)  # ε̂ and r = 0
+
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    sample_learned_variance(model, sched, x, steps=7, generator=torch.Generator().manual_seed(1))
+    sub, tmap = respace_schedule(sched, even_timesteps(sched.T, 7))
+    learned_reverse_mean_var(model, sub, x, torch.full((4,), 3), timestep_map=tmap)
+    assert len(seen) == 8
+    for t in seen:
+        assert t.shape == (4,) and t.dtype == dtype and torch.equal(t, t.round()) and 0 <= t[0] <= sched.T - 1
+    assert seen[-1][0] == tmap[3]  # the model sees its own training step, not the respaced index
