@@ -364,7 +364,9 @@ def evaluate_samples(samples: torch.Tensor,  # (N, C, H, W) generated images in 
             if x.shape[1:] != samples.shape[1:]:
                 raise ValueError(f"samples are {tuple(samples.shape[1:])} images, {name} {tuple(x.shape[1:])}.")
             check_image_range(x, name, value_range)
-    check_image_range(samples, "samples", value_range, tol=0.05)  # a wrong range gives a meaningless FD, not an error
+    check_image_range(samples, "samples", value_range, tol=0.05,  # a wrong range gives a meaningless FD, not an error
+                      fix="sample with clip_x0=(-1, 1) (DiffusionModel.sample clips by default), or map samples in "
+                          "[0, 1] to [-1, 1] with 2 * x - 1")
     if len(samples) <= k:
         raise ValueError(f"need more than k={k} samples, got {len(samples)}.")
     f_s, p_s = embed(evaluator, samples)

@@ -163,13 +163,14 @@ def check_image_range(x: torch.Tensor,  # (N, C, H, W) images
                       name: str,  # the argument's name, for the message
                       value_range: tuple[float, float] = (-1.0, 1.0),  # the declared range
                       tol: float = 1e-3,  # allowed excess, as a fraction of the range's width
+                      fix: str | None = None,  # what to tell the user to do; default: how to convert images
                       ) -> None:
     "Raise a `ValueError` naming `name` if images leave `value_range` or never reach its lower half (one sync)."
     lo, hi = value_range
     width = hi - lo
     vmin, vmax = (float(v) for v in torch.aminmax(x.detach()))  # one host read, at entry only
-    how = ("convert uint8 images with diffusion_book.data.to_model_range(x) and images in [0, 1] with 2 * x - 1, "
-           "or declare the range you use with value_range=")
+    how = fix or ("convert uint8 images with diffusion_book.data.to_model_range(x) and images in [0, 1] with "
+                  "2 * x - 1, or declare the range you use with value_range=(low, high)")
     if vmin < lo - tol * width or vmax > hi + tol * width:
         raise ValueError(f"{name}: values in [{vmin:.4g}, {vmax:.4g}] lie outside the declared range "
                          f"[{lo:g}, {hi:g}]; {how}.")
