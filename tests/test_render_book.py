@@ -399,3 +399,11 @@ def test_api_reference_page(tmp_path):
     assert check_book.check_api(tmp_path / "_book", manifest, lib) == ([], 2)
     (lib / "forward.py").write_text((lib / "forward.py").read_text().replace("'SCALE']", "'SCALE', 'gamma']"))
     assert check_book.check_api(tmp_path / "_book", manifest, lib)[0] == ["API entry missing for tinybooklib/forward.py: gamma"]
+
+
+def test_bare_latex_environments_become_math():
+    doc = ast_of("Text\n\n\\begin{align}\na &= b\n\\end{align}\n\nand \\begin{equation*}x\\end{equation*} inline.")
+    book_filter.resolve_refs(doc, "p.html", {})
+    maths = []
+    book_filter.walk(doc["blocks"], lambda x: maths.append(x["c"][1]) if x["t"] == "Math" else None)
+    assert maths == ["\\begin{align}\na &= b\n\\end{align}", "\\begin{equation*}x\\end{equation*}"]

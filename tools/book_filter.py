@@ -23,6 +23,7 @@ from typing import Any, Callable
 XREF_KINDS = ("eq", "fig", "sec")
 _EQ_LABEL = re.compile(r"^\{#(eq-[^\s{}]+)\}(.*)$", re.S)
 Labels = dict  # id -> {"text": str, "num": str, "page": str}
+_TEX_ENV = re.compile(r"^\s*\\begin\{(equation|align|gather|multline|aligned|split|cases|eqnarray)\*?\}")
 
 
 def _el(t: str, c: Any = None) -> dict:
@@ -226,6 +227,9 @@ def resolve_refs(doc: dict, page: str, labels: Labels,
         return pre + [_el("Link", [["", ["xref"], []], [Str(text)], [href, ""]])] + suf
 
     def fn(x: dict) -> Any:
+        if x["t"] in ("RawInline", "RawBlock") and x["c"][0] in ("tex", "latex") and _TEX_ENV.match(x["c"][1]):
+            math = _el("Math", [_el("DisplayMath"), x["c"][1]])  # HTML would drop raw TeX: give it to KaTeX
+            return math if x["t"] == "RawInline" else _el("Para", [math])
         if x["t"] == "Cite":
             cits = x["c"][0]
             if not any(is_xref(c["citationId"]) for c in cits):
