@@ -75,7 +75,7 @@
   function snippet(doc, q) {
     var text = (window.BOOK_SEARCH_DOCS[doc.id] || {}).text || "", word = q.split(/\s+/)[0].toLowerCase();
     var i = Math.max(0, text.toLowerCase().indexOf(word));
-    return (i > 40 ? "…" : "") + text.slice(Math.max(0, i - 40), i + 110) + "…";
+    return (i > 30 ? "…" : "") + text.slice(Math.max(0, i - 30), i + 70) + "…";
   }
   var input = document.getElementById("search-input"), list = document.getElementById("search-results");
   function show(q) {
@@ -97,6 +97,8 @@
     input.addEventListener("focus", function () { withIndex(function () {}); });
     input.addEventListener("input", function () { show(input.value); });
     input.addEventListener("keydown", function (e) { if (e.key === "Escape") { input.value = ""; list.hidden = true; } });
+    var pre = (location.search.match(/[?&]search=([^&]*)/) || [])[1];  // `?search=word` opens with results
+    if (pre) { input.value = decodeURIComponent(pre); show(input.value); }
   }
 
   // ---- selfcheck ---------------------------------------------------------------------------------
