@@ -255,7 +255,7 @@ def ast_of(md: str) -> dict:
 
 
 def test_filter_numbers_per_chapter_and_reports_unknown_labels():
-    a = ast_of("## One\n\n$$a$$ {#eq-a}\n\n$$b$$\n\n$$c$$ {#eq-c}, then text.\n\n![cap](f.png){#fig-f}\n")
+    a = ast_of("## One\n\n$$a$$ {#eq-a}\n\n$$b$$\n\n- in a list: $$c$$ {#eq-c}, then text.\n\n![cap](f.png){#fig-f}\n")
     b = ast_of("See @eq-a, @eq-c, [-@eq-c], @fig-f and @eq-nope; [@eq-a; @ho2020denoising].")
     labels: dict = {}
     assert book_filter.number_labels(a, "7", "07.html", labels) == []

@@ -199,8 +199,13 @@ def number_labels(doc: dict, chapter: str | None, page: str, labels: Labels,
         for b in bs:
             if b.get("t") == "Div" and _callout(b["c"][0][1]):
                 b = block(b) or b  # a callout's heading is its title, not a numbered section
-            if b.get("t") in ("Div", "BlockQuote"):
-                b = {"t": b["t"], "c": [b["c"][0], blocks(b["c"][1])] if b["t"] == "Div" else blocks(b["c"])}
+            t = b.get("t")
+            if t in ("Div", "BlockQuote"):
+                b = {"t": t, "c": [b["c"][0], blocks(b["c"][1])] if t == "Div" else blocks(b["c"])}
+            elif t == "BulletList":
+                b = {"t": t, "c": [blocks(item) for item in b["c"]]}
+            elif t == "OrderedList":
+                b = {"t": t, "c": [b["c"][0], [blocks(item) for item in b["c"][1]]]}
             r = block(b)
             out.append(b if r is None else r)
         return out
