@@ -33,7 +33,10 @@ data: setup
 
 screenshot: render
 	bash tools/ensure_chromium.sh
-	$(PY) tools/check_book.py _book --screenshot docs/screenshot.png --screenshot-page 02_forward_process.html
+	$(PY) tools/check_book.py _book --shots-only \
+	  --shot '12_samplers.html#ddim-a-family-of-processes-with-ddpms-marginals:1400,1000:docs/screenshot.png' \
+	  --shot '05_unet.html#sec-resblock:1400,1000:docs/screenshot-unet-1400.png' \
+	  --shot 12_samplers.html:420,900:docs/screenshot-samplers-420.png --shot 05_unet.html:420,900:docs/screenshot-unet-420.png
 
 export: setup
 	.venv/bin/nbdev-export
