@@ -225,3 +225,12 @@ def test_help_shows_the_argument_docs():
                     "print(ddim_sample.__doc__); print(DiffusionModel.sample.__doc__)")
     assert "eta" in out and "η ≥ 0" in out  # the docment of `eta` is in __doc__, so help() shows it
     assert "guidance" in out and "Ho & Salimans" in out
+
+
+def test_unet_dtype_mismatch_is_a_clear_error():
+    from diffusion_book.samplers import ddim_sample
+    net = UNet(unet_small_config(**UNET))
+    with pytest.raises(TypeError, match=r"x is torch.float64 but this UNet's weights are torch.float32"):
+        ddim_sample(lambda x, t: net(x, t), SCHED, torch.randn(2, 1, 8, 8, dtype=torch.float64), steps=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast mixes dtypes on purpose: allowed
+        assert net(torch.randn(2, 1, 8, 8), torch.zeros(2)).shape == (2, 1, 8, 8)
