@@ -205,9 +205,12 @@ def _is_compiling() -> bool:
     return bool(fn())
 
 
-def _check_inputs(cfg: UNetConfig, x, t, cond):
+def _check_inputs(cfg: UNetConfig, x, t, cond, dtype=None):
     "Validate (x, t, cond) against the network contract; return cond (the null class if None and conditional)."
     check_tensor(x, "x", ndim=4, floating=True)
+    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"x is {x.dtype} but this UNet's weights are {dtype}: pass x.to({dtype}) "
+                        f"(or convert the network with .to({x.dtype})); under torch.autocast either is fine.")
     if x.shape[1] != cfg.in_channels:
         raise ValueError(f"x has {x.shape[1]} channels but this UNet was built for in_channels={cfg.in_channels}; "
                          f"x must have shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}.")
@@ -277,7 +280,7 @@ class UNet(nn.Module):
                 t: torch.Tensor,  # (B,) times (float or integer step indices)
                 cond: torch.Tensor | None = None,  # (B,) int64 class ids; None → null class (conditional models)
                 ) -> torch.Tensor:
-        cond = _check_inputs(self.config, x, t, cond)
+        cond = _check_inputs(self.config, x, t, cond, self.conv_in.weight.dtype)
         t_emb = timestep_embedding(t.to(x.device), self.config.base_channels, self.config.max_period)  # (B, base)
         emb = self.time_mlp(t_emb.to(x.dtype))  # (B, E)
         if self.class_embed is not None:
