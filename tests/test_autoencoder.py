@@ -85,13 +85,14 @@ def test_adaptive_weight_matches_autograd_and_balances_gradients():
     x_hat = ae(x)[0]
     rec = (x - x_hat).abs().sum() / 2
     g_loss = -disc(x_hat).mean()
-    lam = adaptive_weight(rec, g_loss, ae.last_layer, delta=0.0)
+    lam = adaptive_weight(rec, g_loss, ae.last_layer, delta=0.0, max_weight=float("inf"))
     w = ae.last_layer
     gr, = torch.autograd.grad(rec, w, retain_graph=True)
     gg, = torch.autograd.grad(g_loss, w, retain_graph=True)
     torch.testing.assert_close(lam, gr.norm() / gg.norm())
     torch.testing.assert_close((lam * gg).norm(), gr.norm())  # λ equalises the two gradients at w_L
     assert not lam.requires_grad
+    assert adaptive_weight(rec, g_loss, w, max_weight=0.5) == 0.5  # the clamp
 
 
 def test_hinge_loss():
@@ -194,3 +195,20 @@ def test_from_diffusers_parity():
     with torch.no_grad():
         x = torch.randn(1, 3, 8, 8)
         torch.testing.assert_close(ours2.encode(x).mean, ref2.encode(x).latent_dist.mean, atol=1e-5, rtol=1e-5)
+
+
+def test_pretrained_autoencoder_caches_by_config(tmp_path, monkeypatch):
+    from diffusion_book.models.autoencoder import book_autoencoder_config, pretrained_autoencoder
+    monkeypatch.setenv("DIFFUSION_BOOK_CACHE", str(tmp_path))
+    cfg = book_autoencoder_config("small", device="cpu")
+    assert cfg == book_autoencoder_config("small", device="cpu")  # a stable cache key
+    full = book_autoencoder_config("full", device="cpu")
+    assert AutoencoderConfig(**full["ae"]).downsampling_factor == 4 and full["size"] == 64
+    cfg = {**cfg, "n_train": 64, "ae": TINY.to_dict(),
+           "train": {**cfg["train"], "steps": 4, "batch_size": 4, "disc_start": 2, "log_every": 2}}
+    ae1, r1 = pretrained_autoencoder(cfg, verbose=False)
+    ae2, r2 = pretrained_autoencoder(cfg, verbose=False)
+    assert not r1["cached"] and r2["cached"]
+    assert ae2.scaling_factor.item() == pytest.approx(r1["meta"]["scaling_factor"]) and ae2.scaling_factor.item() != 1.0
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(ae2(x)[0], ae1(x)[0], atol=0, rtol=0)
