@@ -204,7 +204,7 @@ def train_run(config: RunConfig,
               resume: str = "auto",  # "auto": continue from the newest intact checkpoint; "never": start afresh
               device=None,  # None: CUDA (this process's GPU under torchrun) if available, else CPU
               progress: bool = True,  # a progress bar (rank 0)
-              until: int | None = None,  # stop after this step (for demonstrations: an interrupted run)
+              until: int | None = None,  # stop after this step, as if killed there (no checkpoint is written for it)
               ) -> DiffusionModel:
     "Train a `DiffusionModel` per `config` in the run folder `out`; resumable, data-parallel under torchrun."
     if resume not in ("auto", "never"):
@@ -240,7 +240,7 @@ def train_run(config: RunConfig,
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2g}")
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
-            if rank == 0 and (state.step % config.checkpoint_every == 0 or state.step == stop):
+            if rank == 0 and (state.step % config.checkpoint_every == 0 or state.step == config.steps):
                 save_checkpoint(out / "checkpoints" / f"step_{state.step:07d}.safetensors", state, asdict(config))
                 _prune(out, config.keep)
     finally:
