@@ -96,3 +96,8 @@ def test_shapes_row_labels_and_chapter_lists(tmp_path):
              ("markdown", "| chapter | what |\n|---|---|\n| 10 [SDEs](10_sde.html) | VP |\n| 13 Guidance | soon |\n"
                           "Digits are 8×8, FULL uses 28×28 images; see (03, 04, 11). Stale: 0.731 and | 47 |.")]
     assert _bad(tmp_path, cells) == ["0.731", "47"]
+
+
+def test_software_versions_are_not_measurements(tmp_path):
+    cells = [("code", "pass"), ("markdown", "diffusers 0.42 and Python 3.11.7 (torch 2.13) differ by 0.42 nats.")]
+    assert _bad(tmp_path, cells) == ["0.42"]

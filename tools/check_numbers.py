@@ -13,7 +13,8 @@ The heuristic, in order (documented here, tested in `tests/test_check_numbers.py
    scientific number (`10^{-4}`, `3\\cdot 10^{-5}`, `2×10⁻³`, `1e-5`, `10⁻⁴`), and percentages (`85 %`). Integers
    1900–2029 are read as years and skipped. Digits glued to a letter or underscore (`float32`, `x_1`, `\\log_2`,
    `H200`) are not numbers; nor are shapes (`8×8`, `28×28`), a table row's number label (`| 10 [SDEs](…)`, the
-   index's map) or a parenthesised list of two-digit chapter numbers (`(03, 04, 11)`). Cells from an `## Exercises` heading to the next level-2 heading are skipped:
+   index's map), a parenthesised list of two-digit chapter numbers (`(03, 04, 11)`) or a software version after
+   its name (`diffusers 0.42`, `Python 3.11`). Cells from an `## Exercises` heading to the next level-2 heading are skipped:
    exercises propose parameters, they report no results.
 2. **Where it may come from.** A stated number passes when it equals, at the precision it is written with,
    a number in any output of the chapter (`text/plain`, `stream`, `text/markdown`) — e.g. "0.53" matches a
@@ -67,6 +68,8 @@ _REMOVE = [
                r"arxiv)\.?(?:\s|~|\\,)*(?:[A-Z]?\d+(?:\.\d+)*[a-z]?(?:\s*(?:[-–—,]|and|to|or|&)\s*)?)+"),
     re.compile(r"§\s*\d+(?:\.\d+)*(?:\s*[-–]\s*\d+(?:\.\d+)*)?"),
     re.compile(r"\{#[^}]*\}"),  # {#eq-label}
+    re.compile(r"(?i)\b(?:diffusers|torch|pytorch|python|numpy|scipy|nbdev|jupytext|nbval|pytest|quarto|pandoc|katex|"
+               r"cuda|chromium|version|v)[ \t]*\d+(?:\.\d+)+"),  # software versions: diffusers 0.42, Python 3.11
     re.compile(r"\d+\s*(?:×|\\times|x)\s*\d+(?:\s*(?:×|\\times|x)\s*\d+)*(?![\w.])"),  # shapes: 8×8, 28×28
     re.compile(r"(?m)(?<=\|)[ \t]*\d{1,2}(?=[ \t]+[A-Z\[])"),  # a table row's number label: "| 10 [SDEs](…)"
     re.compile(r"\((?:\d{2}(?:\s*[,–-]\s*|\s+and\s+)?)+\)"),  # chapter lists with leading zeros: (03, 04, 11)
