@@ -41,7 +41,7 @@ elif [ $rc -ne 0 ]; then fail=1; fi
 done_step
 
 step "4/6 every chapter executed (nbval --nbval-lax; checks are assert cells)"
-$V/python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 -p no:cacheprovider nbs/ -q
+$V/python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=1200 -p no:cacheprovider --ignore=nbs/_scratch nbs/ -q
 rc=$?
 nbval_ok=1
 if [ $rc -eq 5 ]; then echo "FAIL: nbval collected no notebook cells in nbs/"; fail=1; nbval_ok=0
