@@ -412,11 +412,11 @@ def ar_sample(model: nn.Module,  # a causal `Transformer`
 def book_sequence_config(data: str,  # "markov", "arithmetic" or "pydoc"
                          kind: str,  # "masked" (bidirectional denoiser) or "autoregressive" (causal)
                          scale: str | None = None,  # "small" or "full"; None → `DIFFUSION_BOOK_SCALE`
-                         device: str = "cpu",  # where to train
+                         device: str | None = None,  # where to train; None → `get_device()` (part of the cache key)
                          ) -> dict:
     "Chapter 17's model configurations; the two kinds differ only in `causal` (equal parameters, equal steps)."
     from diffusion_book.ddpm import TrainConfig
-    from diffusion_book.utils import by_scale
+    from diffusion_book.utils import by_scale, get_device
     if data not in ("markov", "arithmetic", "pydoc") or kind not in ("masked", "autoregressive"):
         raise ValueError(f"data must be markov/arithmetic/pydoc and kind masked/autoregressive, got {data!r}, {kind!r}.")
     pick = lambda small, full: by_scale(small, full, scale=scale)
@@ -431,7 +431,7 @@ def book_sequence_config(data: str,  # "markov", "arithmetic" or "pydoc"
     }[data]
     net = TransformerConfig(V, L, causal=kind == "autoregressive", **arch)
     cfg = dict(version=1, data=data, kind=kind, seed=0, n_train=n_train, eps=1e-3, eval_every=every,
-               transformer=net.to_dict(), train=asdict(tc), device=device)
+               transformer=net.to_dict(), train=asdict(tc), device=device or get_device().type)
     if data == "pydoc":  # the corpus is the running Python's documentation
         cfg.update(python=f"{sys.version_info[0]}.{sys.version_info[1]}", stride=L // 2)
     return cfg
