@@ -78,9 +78,9 @@ def sigma_to_t(schedule: NoiseSchedule,
 def oracle_eps_model(gm,  # a `GaussianMixture` (or anything with `eps_oracle(x, alpha_bar)`)
                      schedule: NoiseSchedule,
                      ) -> Callable:
-    "The exact ε-network of a Gaussian mixture: eps(x, t) = E[ε | x_t = x] with ᾱ = 1/(1 + σ(t)²), t integer or fractional."
+    "The exact ε-network of a Gaussian mixture: eps(x, t) = E[ε | x_t = x] with ᾱ = 1/(1 + σ(t)²) (chapter 01's `eps_oracle`)."
     def eps_model(x: torch.Tensor,  # (B, D)
-                  t: torch.Tensor,  # (B,) steps
+                  t: torch.Tensor,  # (B,) floating step indices in [0, T−1], integer-valued or fractional (the contract)
                   ) -> torch.Tensor:
         sigma = t_to_sigma(schedule, torch.as_tensor(t).reshape(-1).cpu())  # (B,) float64
         ab = 1 / (1 + sigma**2)
@@ -93,7 +93,7 @@ def ddim_sigma(alpha_bar_t: float,  # ᾱ at the current step
                alpha_bar_prev: float,  # ᾱ at the next (less noisy) step; 1 after the last step
                eta: float = 0.0,  # η ≥ 0: 0 deterministic DDIM, 1 DDPM's posterior standard deviation
                ) -> float:
-    "σ_t(η) = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev), DDIM's reverse standard deviation (Song et al. 2021, Eq. 16)."
+    "ς_t(η) = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev), DDIM's reverse standard deviation (Song, Meng & Ermon 2021, Eq. 16; their σ_t)."
     return eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev))
 
 # %% ../nbs/12_samplers.ipynb #c6aa5ab6
@@ -122,7 +122,7 @@ def _spacing_grid(T: int, steps: int, spacing: str, rounded: bool = True) -> np.
 
 def sampling_timesteps(T: int,  # steps of the chain
                        steps: int,  # steps the sampler takes, 1 ≤ steps ≤ T
-                       spacing: str = "leading",  # "leading", "trailing" or "linspace" (Lin et al. 2024, Table 2)
+                       spacing: str = "trailing",  # "trailing", "leading" or "linspace" (Lin et al. 2024, Table 2)
                        ) -> torch.Tensor:
     "The `(steps,)` descending 0-based step indices a DDIM sampler visits, int64 (as diffusers' DDIMScheduler)."
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
@@ -131,6 +131,11 @@ def sampling_timesteps(T: int,  # steps of the chain
     return torch.from_numpy(_spacing_grid(int(T), steps, spacing).astype(np.int64))
 
 # %% ../nbs/12_samplers.ipynb #1bf91d93
+def _t_dtype(x: torch.Tensor) -> torch.dtype:
+    "The dtype of the network's t: float64 for float64 x, else float32 (never half precision: t reaches 999)."
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _call_eps(eps_model: Callable, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     eps = eps_model(x, t)
     if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
@@ -146,19 +151,19 @@ def _check_eta(eta) -> float:
 
 # %% ../nbs/12_samplers.ipynb #0bd5447e
 @torch.no_grad()
-def ddim_sample(eps_model: Callable,  # eps_model(x_t, t) -> ε̂, t a (B,) int64 tensor of step indices
+def ddim_sample(eps_model: Callable,  # eps_model(x_t, t) -> ε̂, t a (B,) float tensor of integer-valued step indices
                 schedule: NoiseSchedule,
                 x_T: torch.Tensor,  # (B, …) initial noise ~ N(0, I); sets device and dtype
                 *,
                 steps: int = 50,  # steps visited (= NFE), 1 ≤ steps ≤ T
                 eta: float = 0.0,  # η ≥ 0 of Eq. 16: 0 deterministic (DDIM), 1 ancestral (DDPM)
-                spacing: str = "leading",  # "leading", "trailing" or "linspace"
+                spacing: str = "trailing",  # "trailing" (the book's default for every sampler), "leading" or "linspace"
                 generator: torch.Generator | None = None,  # draws the noise when η > 0 (on x_T's device)
                 callback: Callable | None = None,  # callback(i, t, x, x0_hat) after step i
                 clip_x0: tuple[float, float] | None = None,  # clip x̂_0 (and re-derive ε̂), e.g. (-1, 1) for images
                 progress: bool = False,
                 ) -> torch.Tensor:
-    "DDIM sampling, x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z (Song et al. 2021, Eq. 12 and 16). Returns `(B, …)`."
+    "DDIM sampling, x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − ς²) ε̂ + ς z (Song, Meng & Ermon 2021, Eq. 12 and 16). Returns `(B, …)`."
     check_tensor(x_T, "x_T", min_ndim=1, floating=True, finite=True)
     eta = _check_eta(eta)
     ts = sampling_timesteps(schedule.T, steps, spacing).tolist()
@@ -167,10 +172,10 @@ def ddim_sample(eps_model: Callable,  # eps_model(x_t, t) -> ε̂, t a (B,) int6
     sigmas = [ddim_sigma(ab[t], an, eta) for t, an in zip(ts, ab_next)]
     if any(1 - an - s * s < 0 for an, s in zip(ab_next, sigmas)):
         raise ValueError(f"eta={eta} is too large for this schedule: σ_t(η)² exceeds 1 − ᾱ_prev.")
-    x = x_T
+    x, t_dtype = x_T, _t_dtype(x_T)
     for i in tqdm(range(len(ts)), disable=not progress, desc="DDIM sampling"):
         a, an, s = ab[ts[i]], ab_next[i], sigmas[i]
-        t = torch.full((x.shape[0],), ts[i], dtype=torch.long, device=x.device)
+        t = torch.full((x.shape[0],), float(ts[i]), dtype=t_dtype, device=x.device)  # (B,) integer-valued float
         eps = _call_eps(eps_model, x, t)
         x0_hat = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
         if clip_x0 is not None:
@@ -189,7 +194,7 @@ def karras_sigmas(sigma_min: float,  # σ of the last nonzero node
                   n: int,  # number of nodes
                   rho: float = 7.0,  # ρ: larger crowds the nodes at low noise
                   ) -> torch.Tensor:
-    "σ_i = (σ_max^(1/ρ) + i/(n−1) (σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ, float64 `(n,)` (Karras et al. 2022, Eq. 5)."
+    "Nodes (σ_max^(1/ρ) + i/(n−1) (σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ, i = 0…n−1, descending float64 `(n,)` (Karras et al. 2022, Eq. 5)."
     if not 0 < sigma_min <= sigma_max or not rho > 0 or n < 1:
         raise ValueError(f"need 0 < sigma_min <= sigma_max, rho > 0, n >= 1; got {sigma_min}, {sigma_max}, {rho}, {n}.")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
@@ -210,12 +215,12 @@ def _dpm_steps(T: int, steps: int, spacing: str) -> np.ndarray:
 
 def sampling_sigmas(schedule: NoiseSchedule,
                     steps: int = 50,  # number of σ intervals N
-                    spacing: str = "linspace",  # spacing of the steps (ignored for custom `sigmas`)
+                    spacing: str = "trailing",  # spacing of the steps (ignored for custom `sigmas`)
                     sigmas=None,  # None: from `spacing`; "karras": Karras et al. Eq. 5; or a descending grid
                     *,
                     solver: str = "euler",  # "euler" (Euler/Heun conventions) or "dpm" (DPM-Solver++'s)
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    "The σ grid `(N+1,)` (σ_N = 0 unless a custom grid ends higher) and the steps t `(N,)` fed to ε, both float64."
+    "The descending σ grid `(N+1,)` (σ_{t_N} = 0 unless a custom grid ends higher) and the steps t `(N,)` fed to ε, float64."
     if solver not in ("euler", "dpm"):
         raise ValueError(f"solver must be 'euler' or 'dpm', got {solver!r}.")
     sig = schedule_sigmas(schedule)
@@ -248,8 +253,7 @@ def _denoiser(eps_model: Callable, clip_x0) -> Callable:
     "(x̄, σ, t) -> (slope d = (x̄ − x̂_0)/σ, x̂_0, t tensor): the ε-network seen from σ-space."
     def D(xbar: torch.Tensor, sigma: float, t: float):
         x = xbar / math.sqrt(sigma**2 + 1)  # VP coordinates, what the network was trained on
-        t_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # never half precision for t
-        tt = torch.full((x.shape[0],), float(t), dtype=t_dtype, device=x.device)
+        tt = torch.full((x.shape[0],), float(t), dtype=_t_dtype(x), device=x.device)  # (B,) possibly fractional
         eps = _call_eps(eps_model, x, tt)
         x0_hat = xbar - sigma * eps
         if clip_x0 is not None:
@@ -269,7 +273,7 @@ def euler_sample(eps_model: Callable,  # eps_model(x, t) -> ε̂, t a (B,) float
                  x_T: torch.Tensor,  # (B, …) initial noise ~ N(0, I) in VP coordinates
                  *,
                  steps: int = 50,  # σ intervals N = NFE (ignored for a custom `sigmas` grid)
-                 spacing: str = "linspace",  # spacing of the steps behind the σ grid
+                 spacing: str = "trailing",  # spacing of the steps behind the σ grid (as every sampler's default)
                  sigmas=None,  # None, "karras" (Karras et al. Eq. 5, ρ = 7) or a descending σ grid
                  generator: torch.Generator | None = None,  # unused: the ODE draws no noise (kept for the contract)
                  callback: Callable | None = None,  # callback(i, t, x, x0_hat) after step i, x in VP coordinates
@@ -295,7 +299,7 @@ def heun_sample(eps_model: Callable,  # eps_model(x, t) -> ε̂, t a (B,) float 
                 x_T: torch.Tensor,  # (B, …) initial noise ~ N(0, I) in VP coordinates
                 *,
                 steps: int = 50,  # σ intervals N; NFE = 2N − 1 (ignored for a custom `sigmas` grid)
-                spacing: str = "linspace",
+                spacing: str = "trailing",  # spacing of the steps behind the σ grid
                 sigmas=None,  # None, "karras" or a descending σ grid
                 generator: torch.Generator | None = None,  # unused (deterministic)
                 callback: Callable | None = None,  # callback(i, t, x, x0_hat) after interval i
@@ -322,14 +326,14 @@ def heun_sample(eps_model: Callable,  # eps_model(x, t) -> ε̂, t a (B,) float 
             callback(i, t, _vp(x, sig[i + 1]), x0_hat)
     return _vp(x, sig[-1])
 
-# %% ../nbs/12_samplers.ipynb #451f0967
+# %% ../nbs/12_samplers.ipynb #65feb0d5
 @torch.no_grad()
 def dpm_solver_pp_2m(eps_model: Callable,  # eps_model(x, t) -> ε̂, t a (B,) float tensor
                      schedule: NoiseSchedule,
                      x_T: torch.Tensor,  # (B, …) initial noise ~ N(0, I) in VP coordinates
                      *,
                      steps: int = 20,  # steps = NFE (ignored for a custom `sigmas` grid)
-                     spacing: str = "linspace",  # DPMSolverMultistepScheduler's conventions
+                     spacing: str = "trailing",  # with DPMSolverMultistepScheduler's conventions per spacing
                      sigmas=None,  # None, "karras" or a descending σ grid
                      generator: torch.Generator | None = None,  # unused (deterministic)
                      callback: Callable | None = None,  # callback(i, t, x, x0_hat) after step i
@@ -348,7 +352,7 @@ def dpm_solver_pp_2m(eps_model: Callable,  # eps_model(x, t) -> ε̂, t a (B,) f
     x, x0_prev = x_T * math.sqrt(sig[0] ** 2 + 1), None
     for i in tqdm(range(n), disable=not progress, desc="DPM-Solver++(2M)"):
         _, x0_hat, t = D(x, sig[i], ts[i])
-        r = sig[i + 1] / sig[i]  # σ_{i+1}/σ_i = e^{−h_i}
+        r = sig[i + 1] / sig[i]  # σ_{t_{i+1}}/σ_{t_i} = e^{−h_i}
         if order == 1 or x0_prev is None or sig[i + 1] == 0 or (i == n - 1 and n < 15):
             d = x0_hat  # first order: DDIM
         else:
@@ -362,23 +366,23 @@ def dpm_solver_pp_2m(eps_model: Callable,  # eps_model(x, t) -> ε̂, t a (B,) f
 
 # %% ../nbs/12_samplers.ipynb #bf994c25
 @torch.no_grad()
-def ddim_invert(eps_model: Callable,  # eps_model(x_t, t) -> ε̂, t a (B,) int64 tensor
+def ddim_invert(eps_model: Callable,  # eps_model(x_t, t) -> ε̂, t a (B,) float tensor of integer-valued step indices
                 schedule: NoiseSchedule,
                 x0: torch.Tensor,  # (B, …) data to encode
                 *,
                 steps: int = 50,  # the `steps` the decoding `ddim_sample` will use
-                spacing: str = "leading",  # the spacing the decoding `ddim_sample` will use
+                spacing: str = "trailing",  # the spacing the decoding `ddim_sample` will use
                 callback: Callable | None = None,  # callback(i, t, x, x0_hat) after step i
                 progress: bool = False,
                 ) -> torch.Tensor:
-    "DDIM(η = 0) run from ᾱ = 1 up to the first visited step: the x_T that `ddim_sample` decodes to ≈ x0 (Song et al. 2021, §5.4)."
+    "DDIM(η = 0) run from ᾱ = 1 up to the first visited step: the x_T that `ddim_sample` decodes to ≈ x0 (Song, Meng & Ermon 2021, §5.4)."
     check_tensor(x0, "x0", min_ndim=1, floating=True, finite=True)
     ts = sampling_timesteps(schedule.T, steps, spacing).flip(0).tolist()  # ascending
     ab = schedule.alpha_bars.tolist()
-    x, a = x0, 1.0  # start clean: ᾱ = 1
+    x, a, t_dtype = x0, 1.0, _t_dtype(x0)  # start clean: ᾱ = 1
     for i in tqdm(range(len(ts)), disable=not progress, desc="DDIM inversion"):
         an = ab[ts[i]]
-        t = torch.full((x.shape[0],), ts[i], dtype=torch.long, device=x.device)
+        t = torch.full((x.shape[0],), float(ts[i]), dtype=t_dtype, device=x.device)  # (B,) integer-valued float
         eps = _call_eps(eps_model, x, t)  # at the current point, the target's step
         x0_hat = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
         x = math.sqrt(an) * x0_hat + math.sqrt(1 - an) * eps

@@ -203,7 +203,7 @@ def test_ddim_matches_diffusers(spacing, steps):
 @pytest.mark.parametrize("eta", [0.5, 1.0])
 def test_ddim_eta_matches_diffusers_with_the_same_noise(eta):
     steps, seed, x = 20, 7, x_T()
-    a = ours(S.ddim_sample, x, steps=steps, eta=eta, generator=torch.Generator().manual_seed(seed))
+    a = ours(S.ddim_sample, x, steps=steps, eta=eta, spacing="leading", generator=torch.Generator().manual_seed(seed))
     g = torch.Generator().manual_seed(seed)  # our sampler draws one N(0, I) per step, in order, from `generator`
     noises = [torch.randn(x.shape, generator=g, dtype=x.dtype) for _ in range(steps)]
     assert_same(a, theirs(make("ddim", spacing="leading"), x, steps, eta=eta, noises=noises), TOL64)
@@ -213,7 +213,8 @@ def test_ddim_eta_matches_diffusers_with_the_same_noise(eta):
 def test_ddim_clip_matches_clip_sample_with_clipped_model_output(eta):
     "clip_x0=(−c, c) clips x̂_0 and re-derives ε̂: diffusers' clip_sample_range=c with use_clipped_model_output=True."
     steps, seed, c, x = 20, 3, 1.5, x_T()
-    a = ours(S.ddim_sample, x, steps=steps, eta=eta, clip_x0=(-c, c), generator=torch.Generator().manual_seed(seed))
+    a = ours(S.ddim_sample, x, steps=steps, eta=eta, clip_x0=(-c, c), spacing="leading",
+             generator=torch.Generator().manual_seed(seed))
     g = torch.Generator().manual_seed(seed)
     noises = [torch.randn(x.shape, generator=g, dtype=x.dtype) for _ in range(steps)]
     assert (a[2][-1].abs() == c).any()  # the clip is active
@@ -260,7 +261,7 @@ def test_euler_heun_other_spacings_match_diffusers(kind, sampler, spacing):
 def test_heun_clip_matches_clip_sample():
     "Heun with clip_x0 = HeunDiscreteScheduler(clip_sample=True): x̂_0 clipped, slope re-derived from it."
     x, c = x_T(), 1.5
-    a = ours(S.heun_sample, x, steps=10, clip_x0=(-c, c))
+    a = ours(S.heun_sample, x, steps=10, spacing="linspace", clip_x0=(-c, c))
     assert_same(a, theirs(make("heun", clip=c), x, 10, sigma_space=True), TOL32)
 
 

@@ -114,8 +114,10 @@ def _exact_then_project(x_T, grid):
     ("ddim", lambda e, x, n: ddim_sample(e, SCHED, x, steps=n, spacing="linspace"),
      lambda n: torch.cat([schedule_sigmas(SCHED)[sampling_timesteps(1000, n, "linspace")], torch.zeros(1, dtype=D64)]),
      0.9, 1.15),
-    ("euler", lambda e, x, n: euler_sample(e, SCHED, x, steps=n), lambda n: sampling_sigmas(SCHED, n)[0], 0.9, 1.15),
-    ("heun", lambda e, x, n: heun_sample(e, SCHED, x, steps=n), lambda n: sampling_sigmas(SCHED, n)[0], 1.85, 2.3),
+    ("euler", lambda e, x, n: euler_sample(e, SCHED, x, steps=n, spacing="linspace"),
+     lambda n: sampling_sigmas(SCHED, n, "linspace")[0], 0.9, 1.15),
+    ("heun", lambda e, x, n: heun_sample(e, SCHED, x, steps=n, spacing="linspace"),
+     lambda n: sampling_sigmas(SCHED, n, "linspace")[0], 1.85, 2.3),
     ("dpm++2m karras", lambda e, x, n: dpm_solver_pp_2m(e, SCHED, x, steps=n, sigmas="karras"),
      lambda n: sampling_sigmas(SCHED, n, sigmas="karras", solver="dpm")[0], 1.8, 2.3),
 ])
@@ -143,9 +145,42 @@ def test_heun_nfe_callbacks_dtype_and_device():
         y = sampler(eps, SCHED, x_T, steps=5, callback=lambda i, t, x, x0: states.append(x))
         assert y.dtype == x_T.dtype and y.device == x_T.device and len(states) == 5
         torch.testing.assert_close(states[-1], y)
-    ts = []
-    ddim_sample(lambda x, t: (ts.append(t), eps(x, t))[1], SCHED, x_T, steps=4)
-    assert all(t.dtype == torch.long for t in ts)
+
+
+def _recorded_times(sampler, x, **kw):
+    "Run `sampler` with an ε-model that records every t it is given."
+    eps, ts = oracle_eps_model(GM, SCHED), []
+    sampler(lambda x_, t: (ts.append(t), eps(x_, t))[1], SCHED, x, **kw)
+    return ts
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sampler,kw,fractional", [  # fractional: False = integer-valued, True = some fractional
+    (ddim_sample, {}, False), (ddim_sample, dict(eta=1.0, generator=gen(0)), False), (ddim_invert, {}, False),
+    (ddpm_sample, {}, False),  # chapter 07's sampler honours the same contract
+    (euler_sample, {}, False), (heun_sample, {}, False), (dpm_solver_pp_2m, {}, False),  # trailing: integer steps
+    (euler_sample, dict(sigmas="karras"), True), (heun_sample, dict(spacing="linspace"), True),
+    (dpm_solver_pp_2m, dict(sigmas="karras", round_timesteps=False), True),
+])
+def test_time_contract_every_sampler_passes_a_floating_B_vector_of_steps(sampler, kw, fractional, dtype):
+    "The network-time contract: t is a (B,) floating tensor (float64 iff x is float64) of steps in [0, T−1]."
+    x = torch.randn(6, 2, generator=gen(9), dtype=dtype)
+    ts = _recorded_times(sampler, x, **({} if sampler is ddpm_sample else dict(steps=7)), **kw)
+    assert ts, "the ε-model was never called"
+    for t in ts:
+        assert isinstance(t, torch.Tensor) and t.shape == (6,) and t.dtype == dtype and t.device == x.device, (t.dtype, t.shape)
+        assert (t == t[0]).all() and 0 <= t[0] <= SCHED.T - 1
+    integer = [torch.equal(t, t.round()) for t in ts]
+    assert (not all(integer)) if fractional else all(integer), integer
+
+
+def test_one_default_spacing_trailing_for_every_sampler():
+    import inspect
+    for fn in (ddim_sample, ddim_invert, euler_sample, heun_sample, dpm_solver_pp_2m, sampling_timesteps, sampling_sigmas):
+        assert inspect.signature(fn).parameters["spacing"].default == "trailing", fn.__name__
+    eps, x = oracle_eps_model(GM, SCHED), torch.randn(20, 2, generator=gen(3), dtype=D64)
+    # with the default, Euler's grid is DDIM's: the two samplers agree to round-off
+    torch.testing.assert_close(euler_sample(eps, SCHED, x, steps=9), ddim_sample(eps, SCHED, x, steps=9), atol=1e-11, rtol=1e-11)
 
 
 def test_stochastic_ddim_is_reproducible_and_deterministic_samplers_ignore_generator():
@@ -200,7 +235,7 @@ def test_bad_eta_sigmas_and_conversions():
     with pytest.raises(ValueError, match="sigmas must be None, 'karras'"):
         dpm_solver_pp_2m(eps, SCHED, x, sigmas="exponential")
     with pytest.raises(ValueError, match="repeat a step"):
-        dpm_solver_pp_2m(eps, SCHED, x, steps=1000)
+        dpm_solver_pp_2m(eps, SCHED, x, steps=1000, spacing="linspace")
     with pytest.raises(ValueError, match="order must be 1 or 2"):
         dpm_solver_pp_2m(eps, SCHED, x, steps=5, order=3)
     with pytest.raises(ValueError, match=r"t must lie in \[0, 999\]"):
