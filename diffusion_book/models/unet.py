@@ -46,7 +46,7 @@ class UNetConfig:
     in_channels: int = 1  # image channels C of x
     out_channels: int | None = None  # None → in_channels (ε); 2·in_channels for a learned-variance model
     base_channels: int = 64  # channels at level 0; also the size of the sinusoidal embedding
-    channel_mults: tuple[int, ...] = (1, 2, 4)  # level ℓ has base_channels·channel_mults[ℓ] channels
+    channel_mults: tuple[int, ...] = (1, 2, 4)  # level j has base_channels·channel_mults[j] channels
     num_res_blocks: int = 2  # ResBlocks per level in the encoder (the decoder has one more)
     attention_levels: tuple[int, ...] = (1, 2)  # levels (0 = input resolution) with self-attention after each ResBlock
     mid_attention: bool = True  # self-attention between the two bottleneck ResBlocks
@@ -73,7 +73,7 @@ class UNetConfig:
         return tuple(self.base_channels * m for m in self.channel_mults)
 
     def resolutions(self, size: int) -> tuple[int, ...]:
-        "Spatial size of each level for an input of side `size` (stride-2 convs: ⌈size/2^ℓ⌉)."
+        "Spatial size of each level for an input of side `size` (stride-2 convs: ⌈size/2^j⌉)."
         sizes = [int(size)]
         for _ in self.channel_mults[1:]:
             sizes.append((sizes[-1] + 1) // 2)
