@@ -295,7 +295,7 @@ def num_parameters(config: DiTConfig) -> int:
     return sum(p.numel() for p in net.parameters())
 
 # %% ../../nbs/16_dit.ipynb #a97116a8
-def book_dit_config(steps: int = 600,  # optimizer steps (SMALL budget: about a minute on 2 CPU cores)
+def book_dit_config(steps: int = 1200,  # optimizer steps (SMALL budget: about 75 s of one quiet CPU core)
                     **dit,  # DiTConfig overrides
                     ) -> dict:
     "The configuration of chapter 16's class-conditional DiT on 8×8 digits (a `pretrained_dit` config)."
