@@ -372,5 +372,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and "ipykernel" not in sys.modules:  # `python -m diffusion_book.train …` (not this page)
     sys.exit(main())
