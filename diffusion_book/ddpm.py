@@ -502,6 +502,8 @@ def _builtin_networks() -> dict:
         from diffusion_book.models.unet import UNet
         register_network("unet", UNet, _unet_from_config)
         register_network("mlp", MLPDenoiser)
+    if "dit" not in NETWORKS:
+        import diffusion_book.models.dit  # noqa: F401  (chapter 16 registers "dit" when imported)
     return NETWORKS
 
 
