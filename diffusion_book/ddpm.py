@@ -209,7 +209,7 @@ def train_ddpm(state: TrainState,  # model, optimizer, EMA, generator, step (upd
                value_range: tuple[float, float] | None = (-1.0, 1.0),  # images must lie in it (checked once); None: no check
                ):
     "Algorithm 1 of Ho et al. 2020 on L_simple. Yields `{step, loss, lr, grad_norm}` after every optimizer step."
-    loss_fn = lambda model, x0, cond, g: l_simple(lambda x, t: model(x, t, cond), schedule, x0, generator=g)
+    loss_fn = lambda model, x0, cond, g: l_simple(lambda x, t: model(x, t, cond), schedule, x0, generator=g, check=False)
     yield from train_loop(state, data, config, loss_fn, labels=labels, until=until, value_range=value_range)
 
 # %% ../nbs/07_ddpm.ipynb #830cbfb2
@@ -701,7 +701,7 @@ def _fit(self, x: torch.Tensor,  # (N, *data.shape) training set in the data's r
     def loss_fn(model, x0, cond, g):
         if cond is not None and p_uncond > 0:  # label dropout: the same network learns p(x) and p(x | y)
             cond = torch.where(torch.rand(cond.shape, generator=g, device=cond.device) < p_uncond, null, cond)
-        return l_simple(lambda z, t: model(z, t, cond), self.schedule, x0, generator=g)
+        return l_simple(lambda z, t: model(z, t, cond), self.schedule, x0, generator=g, check=False)
 
     try:
         bar = tqdm(total=config.steps - state.step, disable=not progress, desc="training", mininterval=2)

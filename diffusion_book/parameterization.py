@@ -49,9 +49,10 @@ def l_simple(eps_model: Callable,  # eps_model(x_t (B, …), t (B,) float, integ
              t: torch.Tensor | None = None,  # (B,) step indices (int64 or integer-valued float) instead of draws
              noise: torch.Tensor | None = None,  # (B, …) ε to use instead of draws
              reduction: str = "mean",  # "mean": a scalar; "none": one value per example (B,)
+             check: bool = True,  # test x0 for NaN/Inf (a host sync); training loops check their data once at entry
              ) -> torch.Tensor:
     "ω_t · mean over coordinates of (ε − ε_θ(x_t, t))², averaged over the batch (Ho et al. 2020, Eq. 14; Algorithm 1)."
-    check_tensor(x0, "x0", min_ndim=1, floating=True, finite=True)
+    check_tensor(x0, "x0", min_ndim=1, floating=True, finite=check)
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}.")
     B = x0.shape[0]

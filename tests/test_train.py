@@ -149,3 +149,22 @@ def test_cli_train_sample_evaluate_on_a_folder(tmp_path):
     assert np.load(tmp_path / "s.npz")["samples"].shape == (12, 1, 8, 8) and (tmp_path / "s.png").exists()
     r = run("evaluate", "--samples", "s.npz", "--data", "digits")
     assert r.returncode == 0 and "fd" in json.loads(r.stdout), r.stderr[-2000:]
+
+
+def test_training_step_syncs_do_not_grow_with_steps():
+    "Fused AdamW, l_simple(check=False) and log_every = n: the host reads are the entry checks, none per step."
+    from diffusion_book.ddpm import l_simple
+    from diffusion_book.models.unet import UNet, unet_small_config
+    from diffusion_book.schedules import linear_beta_schedule
+    sched, x = linear_beta_schedule(100), torch.rand(64, 1, 8, 8) * 2 - 1
+    counts = []
+    for n in (3, 6):
+        cfg = TrainConfig(steps=n, batch_size=8, warmup=1)
+        st = make_train_state(UNet(unet_small_config(base_channels=8, head_channels=8, num_groups=4, channel_mults=(1, 2))),
+                              cfg, fused=True)
+        loss = lambda m, x0, c, g: l_simple(lambda z, t: m(z, t), sched, x0, generator=g, check=False)
+        with SyncCounter() as c:
+            for _ in train_loop(st, x, cfg, loss, log_every=n):
+                pass
+        counts.append(c.count)
+    assert counts[0] == counts[1], counts
