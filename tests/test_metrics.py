@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from diffusion_book import metrics
+from diffusion_book import metrics, utils  # the trained-model cache lives in utils (metrics re-exports it)
 from diffusion_book.metrics import (CacheError, SmallClassifier, class_histogram, config_hash, entropy,
                                     evaluate_samples, frechet_distance, frechet_distance_from_stats,
                                     gaussian_stats, knn_radii, load_cached, load_or_train, memorization,
@@ -234,7 +234,7 @@ def test_cache_garbage_and_mismatched_files(tmp_path):
     # a weights file that is not safetensors at all, with a matching checksum: the loader's error is wrapped
     w.write_bytes(b"\x00" * 64)
     rec = json.loads(good_json)
-    rec["weights_sha256"] = metrics._sha256_file(w)
+    rec["weights_sha256"] = utils._sha256_file(w)
     j.write_text(json.dumps(rec))
     with pytest.raises(CacheError, match="does not fit"):
         load_cached(build(CFG), CFG, tmp_path)
@@ -272,7 +272,7 @@ def test_cache_write_is_atomic(tmp_path, monkeypatch):
             f.write(before[: len(before) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr(metrics, "save_model", crash)
+    monkeypatch.setattr(utils, "save_model", crash)
     other = build(CFG)
     with pytest.raises(OSError, match="disk full"):
         save_cached(other, CFG, {}, tmp_path)
