@@ -149,7 +149,7 @@ def linear_beta_schedule(T: int = 1000,  # number of steps
                          ) -> NoiseSchedule:
     "β linear from `beta_start` to `beta_end` (Ho et al. 2020, §4; their values are for T = 1000)."
     if int(T) != T or T < 1:
-        raise ValueError(f"T must be a positive integer, got {T}.")
+        raise ValueError(f"T must be a positive integer, got {T!r} ({type(T).__name__}).")
     if not 0 < beta_start <= beta_end < 1:
         raise ValueError(f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}.")
     return NoiseSchedule(torch.linspace(beta_start, beta_end, int(T), dtype=torch.float64))
@@ -161,7 +161,7 @@ def cosine_beta_schedule(T: int = 1000,  # number of steps
                          ) -> NoiseSchedule:
     "ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2), β clipped (Nichol & Dhariwal 2021, Eq. 17)."
     if int(T) != T or T < 1:
-        raise ValueError(f"T must be a positive integer, got {T}.")
+        raise ValueError(f"T must be a positive integer, got {T!r} ({type(T).__name__}).")
     if s < 0 or not 0 < max_beta < 1:
         raise ValueError(f"need s >= 0 and 0 < max_beta < 1, got s={s}, max_beta={max_beta}.")
     f = lambda u: torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
