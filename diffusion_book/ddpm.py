@@ -700,7 +700,8 @@ def _fit(self, x: torch.Tensor,  # (N, *data.shape) training set in the data's r
 
     def loss_fn(model, x0, cond, g):
         if cond is not None and p_uncond > 0:  # label dropout: the same network learns p(x) and p(x | y)
-            cond = torch.where(torch.rand(cond.shape, generator=g, device=cond.device) < p_uncond, null, cond)
+            from diffusion_book.guidance import drop_labels  # chapter 13
+            cond = drop_labels(cond, null, p_uncond, g)
         return l_simple(lambda z, t: model(z, t, cond), self.schedule, x0, generator=g, check=False)
 
     try:

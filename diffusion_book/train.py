@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .ddpm import (DataSpec, DiffusionModel, TrainConfig, config_diff, l_simple, load_checkpoint,
                                  make_train_state, read_checkpoint, save_checkpoint, train_loop)
+from .guidance import drop_labels
 from .utils import check_int, check_tensor, get_device
 
 # %% auto #0
@@ -193,8 +194,8 @@ def _loss_fn(model: DiffusionModel, config: RunConfig):
     null = model.data.num_classes
 
     def loss_fn(net, x0, cond, g):
-        if cond is not None and config.p_uncond > 0:  # label dropout: one network for p(x | y) and p(x)
-            cond = torch.where(torch.rand(cond.shape, generator=g, device=cond.device) < config.p_uncond, null, cond)
+        if cond is not None and config.p_uncond > 0:  # label dropout (chapter 13): one network for p(x | y) and p(x)
+            cond = drop_labels(cond, null, config.p_uncond, g)
         return l_simple(lambda z, t: net(z, t, cond), model.schedule, x0, generator=g, check=False)  # data checked at entry
     return loss_fn
 
