@@ -25,7 +25,7 @@ def _check_schedule(schedule):
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}.")
 
-
+# %% ../nbs/03_elbo.ipynb #e02d0cec
 def _alpha_bars_prev(schedule: NoiseSchedule) -> torch.Tensor:
     "ᾱ_{t−1} at every index, with ᾱ_0 = 1: float64 `(T,)`."
     return torch.cat([schedule.alpha_bars.new_ones(1), schedule.alpha_bars[:-1]])

@@ -67,6 +67,9 @@ def _check_t(self, t, batch: int | None = None,
     return idx
 
 
+NoiseSchedule._check_t = _check_t
+
+# %% ../nbs/02_forward_process.ipynb #34e28e33
 def _extract(self, name: str,  # a float64 (T,) table: "betas", "alphas", "alpha_bars", "sqrt_alpha_bars", …
              t: torch.Tensor,  # (B,) or (1,) step indices: int64, or floating with integer values
              x: torch.Tensor,  # (B, …) the tensor the values will multiply: sets dtype and device
@@ -88,7 +91,6 @@ def network_time(t: torch.Tensor,  # (B,) step indices (int or float)
     return t.to(device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 
-NoiseSchedule._check_t = _check_t
 NoiseSchedule.extract = _extract
 
 # %% ../nbs/02_forward_process.ipynb #324b989a

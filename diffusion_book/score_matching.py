@@ -32,7 +32,7 @@ def _call_score(score_fn: Callable, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"score_fn must return a tensor of x's shape {tuple(x.shape)}, got {got}.")
     return s
 
-
+# %% ../nbs/08_score_matching.ipynb #ee58c0cb
 def explicit_score_matching_loss(score_fn: Callable,  # score_fn(x (B, …)) -> s_θ(x) (B, …)
                                  x: torch.Tensor,  # (B, …) samples of p
                                  true_score,  # ∇ log p at x: a tensor (B, …), or a function of x
@@ -130,7 +130,7 @@ def _per_example(value, name: str, x: torch.Tensor, positive: bool) -> torch.Ten
         raise ValueError(f"{name} must be finite{' and positive' if positive else ''}, got {value!r}.")
     return v.reshape(-1, *([1] * (x.ndim - 1)))  # (B|1, 1, …, 1)
 
-
+# %% ../nbs/08_score_matching.ipynb #e501e003
 def dsm_loss(score_fn: Callable,  # score_fn(x̃ (B, …)) -> s_θ(x̃) (B, …)
              x0: torch.Tensor,  # (B, …) clean data
              sigma,  # noise std σ > 0: a number or (B,) tensor
