@@ -97,15 +97,15 @@ def ddim_sigma(alpha_bar_t: float,  # ᾱ at the current step
     return eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev))
 
 # %% ../nbs/12_samplers.ipynb #c6aa5ab6
-SPACINGS = ("leading", "trailing", "linspace")
-
-
 def _check_steps(T: int, steps) -> int:
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
         raise TypeError(f"steps must be an integer, got {steps!r}.")
     if not 1 <= steps <= T:
         raise ValueError(f"steps must lie in [1, T={T}] (a sampler cannot visit more steps than the chain has), got {steps}.")
     return int(steps)
+
+# %% ../nbs/12_samplers.ipynb #cc5b2e26
+SPACINGS = ("leading", "trailing", "linspace")
 
 
 def _spacing_grid(T: int, steps: int, spacing: str, rounded: bool = True) -> np.ndarray:

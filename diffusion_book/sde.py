@@ -84,9 +84,6 @@ class SDE:
         return -0.5 * (x**2).flatten(1).sum(1) / var - 0.5 * D * math.log(2 * math.pi * var)
 
 # %% ../nbs/10_sde.ipynb #d1c7f63d
-SPACINGS = ("uniform", "quadratic")
-
-
 def _check_steps(steps):
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
@@ -97,6 +94,9 @@ def _check_window(t_min, t_max):
     ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (t_min, t_max))
     if not ok or not 0 <= t_min < t_max <= 1:
         raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min!r}, t_max={t_max!r}.")
+
+# %% ../nbs/10_sde.ipynb #9ce8dae8
+SPACINGS = ("uniform", "quadratic")
 
 
 def time_grid(t_start: float,  # first time, in [0, 1]
@@ -149,7 +149,7 @@ def _check_number(**kwargs):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {v!r}.")
 
-
+# %% ../nbs/10_sde.ipynb #e31c7271
 class VPSDE(SDE):
     "dx = −½β(t) x dt + √β(t) dW, β(t) = β_min + t(β_max − β_min) (Song et al. 2021, Eq. 11)."
     def __init__(self, beta_min: float = 0.1,  # β(0)
@@ -219,7 +219,7 @@ def mixture_marginal(gm: GaussianMixture,  # the data distribution p_0
         raise ValueError(f"need mean_coef > 0 and std >= 0, got mean_coef={m}, std={s}.")
     return GaussianMixture(m * gm.means, (m**2 * gm.stds**2 + s**2).sqrt(), gm.weights)
 
-
+# %% ../nbs/10_sde.ipynb #da17f8ed
 def _check_coef(v, name, x, positive):
     "A number or (B,) tensor as x's dtype/device, shaped (B|1, 1)."
     v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
