@@ -174,7 +174,7 @@ def _blocks(L: int, block_length: int | None, steps: int) -> tuple[int, int]:
         raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks ({n_blocks} = {L}/{block_length}).")
     return block_length, steps // n_blocks
 
-
+# %% ../nbs/17_masked_diffusion.ipynb #b313db2a
 def _check_sampler_args(steps, remasking, temperature):
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}.")
@@ -183,7 +183,7 @@ def _check_sampler_args(steps, remasking, temperature):
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}.")
 
-
+# %% ../nbs/17_masked_diffusion.ipynb #9a76da9a
 def prompt_template(prompt: torch.Tensor,  # (P,) or (B, P) prompt tokens in [0, V)
                     length: int,  # tokens to generate after the prompt
                     mask_id: int,  # the mask token M (= V)

@@ -164,7 +164,7 @@ def _prune(run: Path, keep: int) -> None:
     for old in checkpoints(run)[:-keep]:
         old.unlink(missing_ok=True)
 
-
+# %% ../nbs/18_training_at_scale.ipynb #736288ff
 def _check_run_folder(run: Path, config: RunConfig) -> None:
     "Refuse to train into a folder that belongs to another configuration, naming the differing fields."
     f = run / "config.json"
