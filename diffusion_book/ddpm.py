@@ -504,6 +504,8 @@ def _builtin_networks() -> dict:
         register_network("mlp", MLPDenoiser)
     if "dit" not in NETWORKS:
         import diffusion_book.models.dit  # noqa: F401  (chapter 16 registers "dit" when imported)
+    if "text_unet" not in NETWORKS:
+        import diffusion_book.latent_diffusion  # noqa: F401  (chapter 15 registers "text_unet")
     return NETWORKS
 
 
@@ -622,6 +624,8 @@ def _sample(self, n: int,  # number of samples
             steps: int | None = None,  # network evaluations; None: 20 (ddpm: T)
             labels=None,  # class id(s) for a class-conditional model: an int or an (n,) integer tensor
             guidance: float = 0.0,  # classifier-free guidance weight w of Ho & Salimans (0: none; −1: unconditional)
+            cond=None,  # instead of labels: any condition the network takes, e.g. chapter 15's text (context, mask)
+            null_cond=None,  # with cond= and guidance: the null condition (e.g. the empty caption's encoding)
             generator: torch.Generator | None = None,  # on the model's device
             x_T: torch.Tensor | None = None,  # (n, *shape) initial noise; drawn from `generator` if None
             clip: bool = True,  # clip x̂₀ (and the samples) to the data's value range
@@ -641,13 +645,20 @@ def _sample(self, n: int,  # number of samples
         x_T = x_T.to(device, dtype)  # the network's dtype: a float64 x_T into a float32 network is cast, not an error
     if not (isinstance(guidance, (int, float)) and math.isfinite(guidance)):
         raise ValueError(f"guidance must be a finite number (Ho & Salimans' w), got {guidance!r}.")
-    cond = self._labels(labels, n, device)
+    if cond is not None:
+        if labels is not None:
+            raise ValueError("pass labels= (class ids) or cond= (another condition), not both.")
+        if guidance != 0 and null_cond is None:
+            raise ValueError("guidance with cond= needs null_cond= (e.g. the empty caption's encoding).")
+    else:
+        cond = self._labels(labels, n, device)
     eps = lambda x, t: self.eps(x, t, cond)
     if guidance != 0:
         if cond is None:
             raise ValueError("guidance needs a class-conditional model and labels=.")
         from diffusion_book.guidance import classifier_free_guidance  # chapter 13
-        eps = classifier_free_guidance(self.eps, cond, guidance, torch.full_like(cond, self.data.num_classes))
+        null = torch.full_like(cond, self.data.num_classes) if null_cond is None else null_cond
+        eps = classifier_free_guidance(self.eps, cond, guidance, null)
     clip_x0 = self.data.value_range if clip and self.data.value_range is not None else None
     kw = dict(generator=generator, clip_x0=clip_x0, progress=progress, **sampler_kwargs)
     with torch.no_grad():

@@ -171,9 +171,9 @@ def _null_for(null_cond, cond: torch.Tensor) -> torch.Tensor:
 
 
 def classifier_free_guidance(net: Callable,  # net(x, t, cond) -> ε̂, trained with label dropout
-                             cond,  # the condition: a class id (int), (B,) class ids, or (B, …) embeddings
+                             cond,  # a class id (int), (B,) class ids, (B, …) embeddings, or a tuple such as text's (context, mask)
                              w: float,  # Ho & Salimans' w: 0 conditional, −1 unconditional, > 0 guided (γ = 1 + w)
-                             null_cond,  # the null condition ∅: `num_classes` for `UNet`, or a null embedding
+                             null_cond,  # ∅: `num_classes` for `UNet`, a null embedding, or a tuple like cond (the empty caption's)
                              *,
                              num_classes: int | None = None,  # C, to check class ids; None: `net.config.num_classes`
                              rescale: float = 0.0,  # φ of CFG-rescale (Lin et al. 2024), applied to ε as diffusers
@@ -182,11 +182,16 @@ def classifier_free_guidance(net: Callable,  # net(x, t, cond) -> ε̂, trained 
                              ) -> Callable:
     "ε̃ = (1 + w) ε(x_t, c) − w ε(x_t, ∅), both from ONE forward pass on a doubled batch (Ho & Salimans 2022, Eq. 6)."
     w, rescale = _check_weight(w, "w"), _check_weight(rescale, "rescale")
-    cond = torch.as_tensor(cond)
-    if not cond.is_floating_point():  # class ids: check them once, here
-        C = num_classes if num_classes is not None else getattr(getattr(net, "config", None), "num_classes", None)
-        cond = _check_class_ids(cond, "cond", C)
-    null = _null_for(null_cond, cond)
+    if isinstance(cond, (tuple, list)):  # several tensors, e.g. text (context, mask): each part doubled
+        if not (isinstance(null_cond, (tuple, list)) and len(null_cond) == len(cond)):
+            raise TypeError(f"cond is a tuple of {len(cond)} tensors, so null_cond must be one too.")
+        cond, null = tuple(torch.as_tensor(c) for c in cond), tuple(torch.as_tensor(u) for u in null_cond)
+    else:
+        cond = torch.as_tensor(cond)
+        if not cond.is_floating_point():  # class ids: check them once, here
+            C = num_classes if num_classes is not None else getattr(getattr(net, "config", None), "num_classes", None)
+            cond = _check_class_ids(cond, "cond", C)
+        null = _null_for(null_cond, cond)
     if interval is not None:
         if schedule is None:
             raise ValueError("interval= needs schedule= (to know σ at each step).")
@@ -199,10 +204,8 @@ def classifier_free_guidance(net: Callable,  # net(x, t, cond) -> ε̂, trained 
             t: torch.Tensor,  # (B,) steps, float or int64
             ) -> torch.Tensor:
         B = x.shape[0]
-        c = _expand_cond(cond, B, x.device, "cond")
-        u = _expand_cond(null, B, x.device, "null_cond")
         t2 = t.expand(B) if t.ndim == 0 else t
-        out = net(torch.cat([x, x]), torch.cat([t2, t2]), torch.cat([c, u]))  # (2B, …): one forward
+        out = net(torch.cat([x, x]), torch.cat([t2, t2]), _double_cond(cond, null, B, x.device))  # (2B, …): one forward
         if not isinstance(out, torch.Tensor) or out.shape != (2 * B, *x.shape[1:]):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"net returned {got} for a doubled batch of shape {(2 * B, *x.shape[1:])}.")
@@ -214,6 +217,17 @@ def classifier_free_guidance(net: Callable,  # net(x, t, cond) -> ε̂, trained 
         guided = e_c + ww * (e_c - e_u)
         return rescale_guidance(guided, e_c, rescale) if rescale else guided
     return eps
+
+
+def _double_cond(cond, null, B: int, device):
+    "[cond; null] as one batch of 2B — part by part for a tuple condition such as (context, mask)."
+    if isinstance(cond, tuple):
+        return tuple(_double_cond(c, u, B, device) for c, u in zip(cond, null))
+    c, u = _expand_cond(cond, B, device, "cond"), _expand_cond(null, B, device, "null_cond")
+    if c.shape[1:] != u.shape[1:]:
+        raise ValueError(f"cond {tuple(c.shape[1:])} and null_cond {tuple(u.shape[1:])} differ in shape beyond the "
+                         f"batch axis (pad a caption and the empty caption to the same length).")
+    return torch.cat([c, u])
 
 
 def _expand_cond(c: torch.Tensor, B: int, device, name: str) -> torch.Tensor:

@@ -38,3 +38,29 @@ def test_readme_sampler_example_runs(tmp_path):
     code = blocks()[1]
     run(code + "\nassert fast.shape == ddim.shape == heun.shape == (1000, 2)\n"
                "assert abs((fast[:, 0] < 0).float().mean() - 0.5) < 0.06\n", tmp_path)
+
+
+def test_readme_text_to_image_example_runs(tmp_path):
+    "Block 3 as printed, with the trained miniature replaced by a tiny untrained pipeline (training takes minutes)."
+    code = blocks()[2]
+    assert code.count("pretrained_text_to_image()") == 1, "the README example changed: update this test"
+    tiny = (
+        "import torch\n"
+        "from diffusion_book.ddpm import DataSpec, DiffusionModel\n"
+        "from diffusion_book.latent_diffusion import (TextEncoder, TextEncoderConfig, TextUNet, TextUNetConfig,\n"
+        "    WordTokenizer, scaled_linear_beta_schedule)\n"
+        "from diffusion_book.models.autoencoder import AutoencoderConfig, AutoencoderKL\n"
+        "def tiny():\n"
+        "    tok = WordTokenizer.from_captions(['a large red circle at the top left'], max_length=12)\n"
+        "    ae = AutoencoderKL(AutoencoderConfig(block_out_channels=(8, 8, 8), latent_channels=4, norm_num_groups=4))\n"
+        "    enc = TextEncoder(TextEncoderConfig(len(tok), 12, dim=16, layers=1, heads=2))\n"
+        "    net = TextUNet(TextUNetConfig(in_channels=4, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,\n"
+        "                                  attention_levels=(1,), head_channels=8, num_groups=4, context_dim=16))\n"
+        "    model = DiffusionModel(net, scaled_linear_beta_schedule(), DataSpec((4, 8, 8), None))\n"
+        "    return TextToImagePipeline(ae.eval(), tok, enc.eval(), model.eval())\n")
+    lines = code.splitlines()
+    head = [l for l in lines if l.startswith(("from ", "import "))]
+    rest = [l for l in lines if not l.startswith(("from ", "import "))]
+    run("\n".join(head) + "\n" + tiny + "\n".join(rest).replace("pretrained_text_to_image()", "tiny()")
+        + "\nassert images.shape == (2, 3, 32, 32) and images.abs().max() <= 1\n", tmp_path)
+    assert (tmp_path / "t2i" / "pipeline.json").exists() and (tmp_path / "t2i.png").exists()
