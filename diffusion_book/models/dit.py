@@ -137,7 +137,7 @@ class DiTConfig:
     num_heads: int = 16  # attention heads; must divide hidden_size
     mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio·D
     num_classes: int | None = 1000  # None: unconditional; else ids 0…num_classes−1, null id = num_classes (CFG)
-    learn_sigma: bool = True  # output 2C channels (ε and the variance interpolation v, chapter 11) instead of C
+    learn_sigma: bool = True  # output 2C channels (ε and the raw variance output o, chapter 11) instead of C
     freq_dim: int = 256  # size of the sinusoidal timestep features fed to the timestep MLP
     max_period: float = 10000.0  # P of `timestep_embedding`
 
