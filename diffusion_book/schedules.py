@@ -102,7 +102,7 @@ def _noise_for(x: torch.Tensor, noise: torch.Tensor | None, generator: torch.Gen
         raise ValueError(f"noise must have the shape of {name} {tuple(x.shape)}, got {tuple(noise.shape)}.")
     return noise
 
-
+# %% ../nbs/02_forward_process.ipynb #a3646126
 def _q_mean_var(self, x0: torch.Tensor,  # (B, …) clean data
                 t: torch.Tensor,  # (B,) step indices
                 *,
