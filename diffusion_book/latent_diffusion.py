@@ -180,7 +180,7 @@ class TextUNetConfig(UNetConfig):
             if not (int(getattr(self, name)) == getattr(self, name) and getattr(self, name) >= 1):
                 raise ValueError(f"TextUNetConfig.{name} must be a positive integer, got {getattr(self, name)!r}.")
 
-
+# %% ../nbs/15_latent_diffusion.ipynb #850fc541
 def _check_text_cond(cfg: TextUNetConfig, x: torch.Tensor, t: torch.Tensor, cond) -> tuple:
     "Shapes and dtypes of (x, t, (context, mask)) — no values are read, so no host sync per call."
     check_tensor(x, "x", ndim=4, floating=True)
@@ -198,6 +198,8 @@ def _check_text_cond(cfg: TextUNetConfig, x: torch.Tensor, t: torch.Tensor, cond
     return context.to(x.dtype), mask
 
 
+
+# %% ../nbs/15_latent_diffusion.ipynb #5af4c558
 def _spatial_transformer(channels: int, cfg: TextUNetConfig) -> SpatialTransformer:
     return SpatialTransformer(channels, cfg.context_dim, channels // cfg.head_channels, cfg.head_channels,
                               cfg.transformer_depth, cfg.num_groups, cfg.dropout)
@@ -308,7 +310,7 @@ class WordTokenizer:
     def from_dict(cls, d: dict) -> "WordTokenizer":
         return cls(d["words"], d["max_length"])
 
-
+# %% ../nbs/15_latent_diffusion.ipynb #8c1a927e
 def _check_captions(captions) -> list[str]:
     "A non-empty list of strings (one string becomes a list of one)."
     if isinstance(captions, str):
@@ -611,12 +613,12 @@ def book_text_to_image_configs(scale: str | None = None,  # "small" or "full"; N
     text = TextEncoderConfig(len(tok), tok.max_length, dim=64, layers=2, heads=4)
     clip = dict(version=1, seed=0, size=size, device=device or pick("cpu", get_device().type), held_out=[list(p) for p in HELD_OUT], tokenizer=tok.to_dict(),
                 text=text.to_dict(), embed_dim=64, width=pick(16, 64),
-                train=asdict(pick(TrainConfig(steps=300, batch_size=128, lr=2e-3, warmup=30, ema_decay=0.9),
+                train=asdict(pick(TrainConfig(steps=200, batch_size=128, lr=2e-3, warmup=20, ema_decay=0.9),
                                   TrainConfig(steps=3000, batch_size=256, lr=1e-3, warmup=200, ema_decay=0.99))))
     ae = book_autoencoder_config(scale=scale)
     unet = dict(base_channels=pick(16, 128), channel_mults=(1, 2), num_res_blocks=1, attention_levels=(0, 1),
                 mid_attention=True, head_channels=pick(16, 64), num_groups=pick(4, 32), context_dim=text.dim)
-    steps = pick(1000, 20000)
+    steps = pick(800, 20000)
     latent = dict(version=1, kind="latent", seed=0, clip=clip, autoencoder=ae, schedule="scaled_linear", T=1000,
                   p_uncond=0.1, device=device or pick("cpu", get_device().type),
                   unet=TextUNetConfig(in_channels=ae["ae"]["latent_channels"], **unet).to_dict(),

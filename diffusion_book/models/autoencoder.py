@@ -241,7 +241,7 @@ def _check_images(x, cfg: AutoencoderConfig, name: str = "x"):
                          f"got {tuple(x.shape[2:])}; pad or crop the images.")
     check_tensor(x, name, finite=True)
 
-
+# %% ../../nbs/14_autoencoder.ipynb #08e5278d
 class AutoencoderKL(nn.Module):
     "KL-regularised autoencoder of latent diffusion (Rombach et al. 2022, §3.1); diffusers' `AutoencoderKL` layout."
 
