@@ -396,7 +396,7 @@ def book_guidance_configs(scale: str | None = None,  # "small" or "full"; None â
     return {
         "cfg": dict(common, kind="cfg", seed=0, p_uncond=0.1,
                     unet=UNetConfig(**{**unet.to_dict(), "num_classes": 10}).to_dict(),
-                    train=asdict(pick(TrainConfig(steps=1200, batch_size=128, lr=2e-3, warmup=100, ema_decay=0.995),
+                    train=asdict(pick(TrainConfig(steps=900, batch_size=128, lr=2e-3, warmup=100, ema_decay=0.995),
                                       TrainConfig(steps=6000, batch_size=256, lr=4e-4, warmup=500, ema_decay=0.9995)))),
         "classifier": dict(common, kind="classifier", seed=1,
                            unet=pick(UNET_PRESETS["small"](base_channels=16, head_channels=16, attention_levels=()),
