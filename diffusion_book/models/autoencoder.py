@@ -683,7 +683,7 @@ def book_autoencoder_config(scale: str | None = None,  # "small" or "full"; None
               AutoencoderConfig(block_out_channels=(64, 128, 128), latent_channels=4, norm_num_groups=32))
     # SMALL: under a minute on one quiet core, without the discriminator (at this budget it costs reconstruction
     # quality: measured in chapter 14); FULL (a few minutes on one GPU; untested): the GAN for the last third.
-    train = pick(AETrainConfig(steps=800, batch_size=16, lr=1e-3, disc_start=None, disc_channels=8, disc_layers=2,
+    train = pick(AETrainConfig(steps=1000, batch_size=16, lr=1e-3, disc_start=None, disc_channels=8, disc_layers=2,
                                log_every=100),
                  AETrainConfig(steps=6000, batch_size=64, lr=5e-4, disc_start=4000, disc_channels=64, disc_layers=3,
                                log_every=500))
