@@ -19,20 +19,10 @@ in images per second (> 1: ours is faster).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-
-def timed(step, repeats: int) -> float:
-    "Median seconds of `step()` over `repeats` calls, after two warm-up calls."
-    step(); step()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
+from dit_vs_diffusers import timed  # the same timer (bench/ is on sys.path when run as a script)
 
 
 def fwd_bwd(net, *args, **kwargs):
