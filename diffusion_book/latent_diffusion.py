@@ -563,6 +563,7 @@ class TextToImagePipeline:
             {"format": PIPELINE_FORMAT, "sampler": self.sampler, "tokenizer": self.tokenizer.to_dict(),
              "text_encoder": self.text_encoder.config.to_dict()}, indent=1))
         old = folder.with_name(folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)  # left over by an interrupted save: os.replace needs the name free
         if folder.exists():
             os.replace(folder, old)
         os.replace(tmp, folder)

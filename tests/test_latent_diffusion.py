@@ -221,7 +221,10 @@ def test_pipeline_samples_and_round_trips(tok, tmp_path):
     a = pipe(CAPS[:2], steps=3, guidance=2.0, generator=gen(0))
     assert a.shape == (2, 3, 32, 32) and a.min() >= -1 and a.max() <= 1
     pipe.save(tmp_path / "pipe")
-    pipe.save(tmp_path / "pipe")  # overwriting a saved pipeline works
+    (tmp_path / "pipe.old").mkdir()
+    (tmp_path / "pipe.old" / "junk").write_text("left by an interrupted save")
+    pipe.save(tmp_path / "pipe")  # overwriting a saved pipeline works, even with a stale .old folder around
+    assert not (tmp_path / "pipe.old").exists()
     pipe2 = TextToImagePipeline.load(tmp_path / "pipe")
     # the same weights; freshly loaded tensors may select other CPU kernels (differences ~1e-6)
     torch.testing.assert_close(pipe2(CAPS[:2], steps=3, guidance=2.0, generator=gen(0)), a, atol=1e-5, rtol=0)
